@@ -1,0 +1,58 @@
+"""The method registry: a name maps to a loss class with its own hyperparameters."""
+from __future__ import annotations
+
+import inspect
+
+METHODS: dict[str, type] = {}
+
+
+def register(name: str):
+    def wrap(cls):
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        METHODS[name] = cls
+        cls.name = name
+        return cls
+    return wrap
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+class Method:
+    """Base class. Subclasses set ``references`` and implement ``__call__``.
+
+    ``num_old`` is C_old, the old model's head size; the first C_old columns of the
+    updated model's logits are the old classes (the data set's own class order).
+    """
+    name = "?"
+    references: frozenset = frozenset()
+
+    def __init__(self, num_old: int | None = None):
+        self.num_old = num_old
+
+    def split(self, logits, old_logits=None):
+        """C_old from the constructor, else from the old model's logits."""
+        if self.num_old is not None:
+            return self.num_old
+        if old_logits is None:
+            raise ValueError(f"{self.name} needs num_old or old_logits to know which classes are old")
+        return old_logits.shape[1]
+
+    def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
+        raise NotImplementedError
+
+    def __repr__(self):
+        params = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return f"{self.name}({', '.join(f'{k}={v}' for k, v in params.items())})"
+
+
+def get_method(name: str, **hparams) -> Method:
+    """Build the loss of method ``name``; keyword arguments it does not take are ignored,
+    so that one set of command-line hyperparameters can build any method."""
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    cls = METHODS[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    return cls(**{k: v for k, v in hparams.items() if k in accepted})

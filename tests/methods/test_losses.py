@@ -1,0 +1,255 @@
+"""Tests of the method losses against references computed independently with numpy.
+
+Notation: z = updated-model logits (C columns), z_old = z[:, :C_old], old = old-model
+logits, new = new reference logits (for ELODI, the ensemble-mean logits).
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from methods import get_method, method_names
+
+ALL_METHODS = [
+    "No_Treatment",
+    "PCT_Naive", "PCT_KL", "PCT_LM",
+    "ELODI", "ELODI_topk",
+    "MPT_KL", "MPT_LM", "MPT_nodistillation", "MPT_KL_nobias", "MPT_LM_nobias",
+]
+
+# ---------------------------------------------------------------------------------------
+# A fixed example: 3 samples, 4 classes, C_old = 2 (no ties, so argmax and top-k are
+# unambiguous). The old model is right on samples 0 and 2, the new one on samples 0 and 1;
+# sample 1 belongs to a new class.
+# ---------------------------------------------------------------------------------------
+Z = np.array([[1.2, -0.4, 0.3, 2.1],
+              [-0.7, 0.9, 1.5, -1.1],
+              [0.4, 1.6, -0.8, 0.2]])
+OLD = np.array([[0.8, -0.5],
+                [0.3, 1.1],
+                [-0.2, 0.6]])
+NEW = np.array([[1.7, -0.9, 0.1, 1.2],
+                [-0.3, 0.4, 2.0, -0.6],
+                [0.9, 0.5, -1.2, 0.7]])
+Y = np.array([0, 2, 1])
+C_OLD = OLD.shape[1]
+
+DEFAULTS = dict(b=4.0, alpha=1.0, beta=5.0, tau=5.0, lm_weight=0.4, topk=10)
+OTHER = dict(b=1.5, alpha=0.5, beta=2.0, tau=2.0, lm_weight=0.3, topk=2)
+
+
+def as_tensors(z=Z, old=OLD, new=NEW, y=Y):
+    return (torch.tensor(z, dtype=torch.float64), torch.tensor(y),
+            torch.tensor(old, dtype=torch.float64), torch.tensor(new, dtype=torch.float64))
+
+
+def call(name, epoch=6, **hparams):
+    z, y, old, new = as_tensors()
+    loss = get_method(name, **hparams)(z, y, old_logits=old, new_logits=new, epoch=epoch)
+    return loss.item()
+
+
+# ---------------------------------------------------------------------------------------
+# numpy reference, written out from the formulas
+# ---------------------------------------------------------------------------------------
+def log_softmax(x):
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def ce_per_sample(z, y):
+    return -log_softmax(z)[np.arange(len(y)), y]
+
+
+def ce(z, y):
+    return ce_per_sample(z, y).mean()
+
+
+def ce_b(z, y, c_old, b):
+    biased = z.copy()
+    biased[:, c_old:] += b
+    return ce(biased, y)
+
+
+def focal_weights(r, y, alpha, beta):
+    return alpha + beta * (r.argmax(axis=1) == y)
+
+
+def fd_kl(u, r, y, alpha, beta, tau):
+    log_p, log_q = log_softmax(r / tau), log_softmax(u / tau)
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=1)
+    return (focal_weights(r, y, alpha, beta) * kl).mean()
+
+
+def fd_lm(u, r, y, alpha, beta):
+    return (focal_weights(r, y, alpha, beta) * ((u - r) ** 2).mean(axis=1) / 2).mean()
+
+
+def lm(u, r):
+    return (((u - r) ** 2).mean(axis=1) / 2).mean()
+
+
+def topk_mask(r, k):
+    mask = np.zeros_like(r)
+    for i, row in enumerate(r):
+        mask[i, np.argsort(-row)[:k]] = 1.0
+    return mask
+
+
+def lm_topk(u, r, k):
+    mask = topk_mask(r, k)
+    return lm(u * mask, r * mask)
+
+
+def reference(name, epoch, b, alpha, beta, tau, lm_weight, topk):
+    z, y, old, new = Z, Y, OLD, NEW
+    z_old = z[:, :C_OLD]
+    if name == "No_Treatment":
+        return ce(z, y)
+    if name == "PCT_Naive":
+        old_correct = old.argmax(axis=1) == y
+        return ce(z, y) + (old_correct * ce_per_sample(z, y)).mean()
+    if name == "PCT_KL":
+        return ce(z, y) + fd_kl(z_old, old, y, alpha, beta, tau)
+    if name == "PCT_LM":
+        return ce(z, y) + lm_weight * fd_lm(z_old, old, y, alpha, beta)
+    if name in ("ELODI", "ELODI_topk"):
+        if epoch <= 5:
+            return ce(z, y)
+        if name == "ELODI":
+            return ce(z, y) + 0.6 * lm(z_old, old) + 0.4 * lm(z, new)
+        return ce(z, y) + 0.6 * lm_topk(z_old, old, topk) + 0.4 * lm_topk(z, new, topk)
+    base = ce(z, y) if name.endswith("_nobias") else ce_b(z, y, C_OLD, b)
+    if name == "MPT_nodistillation":
+        return base
+    if name.startswith("MPT_KL"):
+        return base + fd_kl(z_old, old, y, alpha, beta, tau) + fd_kl(z, new, y, alpha, beta, tau)
+    if name.startswith("MPT_LM"):
+        return (base + lm_weight * fd_lm(z_old, old, y, alpha, beta)
+                + lm_weight * fd_lm(z, new, y, alpha, beta))
+    raise ValueError(name)
+
+
+def test_example_covers_both_focal_weights():
+    assert set(OLD.argmax(axis=1) == Y) == {True, False}
+    assert set(NEW.argmax(axis=1) == Y) == {True, False}
+
+
+# ---------------------------------------------------------------------------------------
+# Hand-worked values
+# ---------------------------------------------------------------------------------------
+def test_cross_entropy_hand_worked():
+    # softmax([0, ln 3]) = [1/4, 3/4]: CE is ln(4/3) for class 1 and ln 4 for class 0.
+    z = torch.tensor([[0.0, math.log(3)], [0.0, math.log(3)]], dtype=torch.float64)
+    loss = get_method("No_Treatment")(z, torch.tensor([1, 0]))
+    assert loss.item() == pytest.approx((math.log(4 / 3) + math.log(4)) / 2, abs=1e-12)
+
+
+def test_biased_cross_entropy_hand_worked():
+    # b = ln 3 on the two new classes turns logits [0, 0, 0, 0] into the softmax
+    # denominator 1 + 1 + 3 + 3 = 8: CE is ln 8 for an old class, ln(8/3) for a new one.
+    z = torch.zeros(2, 4, dtype=torch.float64)
+    loss = get_method("MPT_nodistillation", b=math.log(3), num_old=2)(z, torch.tensor([0, 2]))
+    assert loss.item() == pytest.approx((math.log(8) + math.log(8 / 3)) / 2, abs=1e-12)
+
+
+def test_focal_kl_hand_worked():
+    # tau = 1, student [0, 0] -> [1/2, 1/2], teacher [0, ln 3] -> [1/4, 3/4], correct on
+    # class 1 so w = 1 + 5. KL = 1/4 ln(1/2) + 3/4 ln(3/2) = 3/4 ln 3 - ln 2; CE = ln 2.
+    z = torch.zeros(1, 2, dtype=torch.float64)
+    old = torch.tensor([[0.0, math.log(3)]], dtype=torch.float64)
+    loss = get_method("PCT_KL", alpha=1, beta=5, tau=1)(z, torch.tensor([1]), old_logits=old)
+    expected = math.log(2) + 6 * (0.75 * math.log(3) - math.log(2))
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# Every method against the numpy reference
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("hparams", [DEFAULTS, OTHER], ids=["defaults", "other"])
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_matches_reference(name, hparams):
+    expected = reference(name, epoch=6, **hparams)
+    assert call(name, epoch=6, **hparams) == pytest.approx(expected, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# Properties
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("distance", ["KL", "LM"])
+def test_bias_only_affects_cross_entropy(distance):
+    b = DEFAULTS["b"]
+    biased = call(f"MPT_{distance}", **DEFAULTS)
+    unbiased = call(f"MPT_{distance}_nobias", **DEFAULTS)
+    assert biased - unbiased == pytest.approx(ce_b(Z, Y, C_OLD, b) - ce(Z, Y), abs=1e-10)
+    # Zero bias makes MPT its no-bias ablation.
+    assert call(f"MPT_{distance}", **{**DEFAULTS, "b": 0.0}) == pytest.approx(unbiased, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ELODI", "ELODI_topk"])
+def test_elodi_schedule(name):
+    hparams = {**DEFAULTS, "topk": 2}
+    assert call(name, epoch=5, **hparams) == pytest.approx(ce(Z, Y), abs=1e-12)
+    after = call(name, epoch=6, **hparams)
+    assert after > ce(Z, Y) + 1e-3
+    assert after == pytest.approx(reference(name, epoch=6, **hparams), abs=1e-5)
+
+
+@pytest.mark.parametrize("topk", [Z.shape[1], 10])
+def test_elodi_topk_with_all_classes_is_elodi(topk):
+    assert call("ELODI_topk", topk=topk) == pytest.approx(call("ELODI"), abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_inputs_unchanged(name):
+    z, y, old, new = as_tensors()
+    before = [t.clone() for t in (z, y, old, new)]
+    get_method(name, **DEFAULTS)(z, y, old_logits=old, new_logits=new, epoch=6)
+    for tensor, copy in zip((z, y, old, new), before):
+        assert torch.equal(tensor, copy)
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_gradients_flow(name):
+    z, y, old, new = as_tensors()
+    z.requires_grad_(True)
+    loss = get_method(name, **DEFAULTS)(z, y, old_logits=old, new_logits=new, epoch=6)
+    assert loss.dim() == 0
+    loss.backward()
+    assert z.grad is not None
+    assert torch.isfinite(z.grad).all()
+    assert z.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name, references", [
+    ("No_Treatment", set()),
+    ("MPT_nodistillation", set()),
+    ("PCT_Naive", {"old"}),
+    ("PCT_KL", {"old"}),
+    ("PCT_LM", {"old"}),
+    ("ELODI", {"old", "ensemble"}),
+    ("ELODI_topk", {"old", "ensemble"}),
+    ("MPT_KL", {"old", "new"}),
+    ("MPT_LM", {"old", "new"}),
+    ("MPT_KL_nobias", {"old", "new"}),
+    ("MPT_LM_nobias", {"old", "new"}),
+])
+def test_references(name, references):
+    loss_fn = get_method(name, **DEFAULTS)
+    assert isinstance(loss_fn.references, frozenset)
+    assert loss_fn.references == references
+
+
+def test_method_names():
+    assert sorted(method_names()) == sorted(ALL_METHODS)
+    assert len(method_names()) == 11
+
+
+def test_unknown_method():
+    with pytest.raises(KeyError) as excinfo:
+        get_method("No_Such_Method")
+    message = str(excinfo.value)
+    assert "No_Such_Method" in message
+    for name in ALL_METHODS:
+        assert name in message

@@ -1,0 +1,92 @@
+"""Self-describing checkpoints, written atomically.
+
+A model checkpoint holds the weights and everything needed to rebuild the model: architecture,
+head size, embedding size, data set, class split, epoch and the metrics at save time.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from models import build_model
+from utils.errors import UserError
+
+FORMAT = "mpt-checkpoint/1"
+MAKERS = {"old": "train_old_model.py", "new": "train_new_model.py",
+          "ensemble": "train_new_model.py --seed S --save PATH"}
+
+
+def atomic_save(obj, path: str | os.PathLike):
+    """torch.save to a temporary file in the same folder, then rename: a crash mid-save leaves
+    the previous file intact and never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_checkpoint(model, *, arch, num_classes, embed_dim, dataset, num_old, role, epoch,
+                     metrics, config) -> dict:
+    return {"format": FORMAT, "model": unwrap(model).state_dict(), "arch": arch,
+            "num_classes": num_classes, "embed_dim": embed_dim, "dataset": dataset,
+            "num_old_classes": num_old, "role": role, "epoch": epoch, "metrics": metrics,
+            "config": config}
+
+
+def unwrap(model):
+    """The plain module under DistributedDataParallel / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def read_checkpoint(path: str | os.PathLike, role: str = "old") -> dict:
+    """Load a checkpoint on the CPU, whatever device saved it; explain every failure in one line."""
+    path = Path(path)
+    make = MAKERS.get(role, "the script that wrote it")
+    if not path.is_file():
+        raise UserError(f"{role} model checkpoint {path} not found; create it with {make}, "
+                        "or give its path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
+                        f"it may be truncated: re-create it with {make}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} is not a checkpoint of this repository (no '{FORMAT}' header); "
+                        f"create it with {make}")
+    return ckpt
+
+
+def load_model(path, role: str, *, num_classes: int, dataset: str, num_old: int | None = None):
+    """Rebuild a reference model from its checkpoint alone and check that it fits ``role``:
+    ``num_classes`` is the head size the role needs (C_old for the old model, C otherwise)."""
+    ckpt = read_checkpoint(path, role)
+    if ckpt["dataset"] != dataset:
+        raise UserError(f"{path} was trained on {ckpt['dataset']}, not on {dataset}; "
+                        f"give a {dataset} checkpoint or --dataset {ckpt['dataset']}")
+    if ckpt["num_classes"] != num_classes:
+        raise UserError(f"{path} has a {ckpt['num_classes']}-class head but the {role} model needs "
+                        f"{num_classes} classes; is it the right file for this role?")
+    if num_old is not None and ckpt["num_old_classes"] != num_old:
+        raise UserError(f"{path} was trained with {ckpt['num_old_classes']} old classes, this run "
+                        f"uses {num_old}; use the same --old-fraction")
+    try:
+        model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt.get("embed_dim"))
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError) as err:
+        raise UserError(f"{path}: weights do not fit architecture {ckpt.get('arch')!r} ({err}); "
+                        f"re-create it with {MAKERS.get(role, 'its script')}") from None
+    return model.eval().requires_grad_(False), ckpt

@@ -1,0 +1,56 @@
+"""torchrun support: the same code runs single-process (no torchrun) and distributed."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init(device: torch.device) -> tuple[int, int]:
+    """Start the process group when launched by torchrun; returns (rank, world_size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
+    """Concatenate each rank's strided shard (rank r holds rows r, r + W, ...) back into the
+    original order; ``total`` is the number of rows over all ranks."""
+    if not dist.is_initialized():
+        return local
+    w = dist.get_world_size()
+    per_rank = -(-total // w)
+    padded = torch.zeros((per_rank, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[:len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(w)]
+    dist.all_gather(parts, padded)
+    out = torch.stack(parts, dim=1).flatten(0, 1)  # row i*W + r comes from rank r
+    return out[:total]
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown():
+    if dist.is_initialized():
+        dist.destroy_process_group()

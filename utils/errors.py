@@ -1,0 +1,20 @@
+"""User-facing errors: one line, exit code 2, no traceback."""
+import sys
+from functools import wraps
+
+
+class UserError(Exception):
+    """A mistake in the command or its inputs; the message says what is wrong and what to do."""
+
+
+def exit_on_user_error(main):
+    """Run ``main``; a UserError becomes a one-line message on stderr and exit code 2.
+    Other exceptions are bugs and keep their traceback."""
+    @wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+    return wrapper

@@ -12,7 +12,7 @@ from utils.runner import Update, run
 def build_parser():
     p = base_parser(__doc__)
     p.add_argument("--method", default="MPT_KL", help=f"one of {', '.join(method_names())}")
-    p.add_argument("--b", type=float, default=4.0, help="MPT margin bias on the new-class logits (training only)")
+    p.add_argument("--b", type=float, default=4.0, help="MPT margin bias on the new-class logits (training only; imagenet: 1.5)")
     p.add_argument("--old-ckpt", default="checkpoint/ckpt_old.pth", help="old model (train_old_model.py)")
     p.add_argument("--new-ckpt", default="checkpoint/ckpt_new.pth", help="new reference model (train_new_model.py)")
     p.add_argument("--ensemble-dir", default="checkpoint/ensemble_models", help="ELODI members ckpt_0.pth, ckpt_1.pth, ...")
@@ -55,7 +55,7 @@ def ensemble_members(args) -> list:
 
 @exit_on_user_error
 def main(argv=None):
-    args = parse(build_parser(), argv)
+    args = parse(build_parser(), argv, section="update")
     validate(args)
     validate_method(args)
     loss_fn = get_method(args.method, b=args.b, alpha=args.alpha, beta=args.beta, tau=args.tau,

@@ -12,7 +12,7 @@ def build_parser():
 
 @exit_on_user_error
 def main(argv=None):
-    args = parse(build_parser(), argv)
+    args = parse(build_parser(), argv, section="new")
     validate(args)
     args.output_dir = args.output_dir or str(default_output_dir("new", args, f"{args.dataset}-{args.arch}-seed{args.seed}"))
     return run(args, "new")

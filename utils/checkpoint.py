@@ -1,13 +1,14 @@
 """Self-describing checkpoints, written atomically.
 
 A model checkpoint holds the weights and everything needed to rebuild the model: architecture,
-head size, embedding size, data set, class split, epoch and the metrics at save time.
+head size, embedding size, the inputs it was trained on (image size and normalisation), data
+set, class split, epoch and the metrics at save time.
 """
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -26,22 +27,27 @@ def atomic_save(obj, path: str | os.PathLike):
     the previous file intact and never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # A name of its own per call, so that concurrent saves never share a temporary file; opened
+    # like any new file so that the checkpoint gets the usual (umask) permissions, not mkstemp's
+    # owner-only ones.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    f = open(tmp, "xb")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def model_checkpoint(model, *, arch, num_classes, embed_dim, dataset, num_old, role, epoch,
-                     metrics, config) -> dict:
+                     metrics, config, inputs: dict | None = None) -> dict:
+    """``inputs``: ``utils.data.input_spec`` of the run (image size and normalisation)."""
     return {"format": FORMAT, "model": unwrap(model).state_dict(), "arch": arch,
-            "num_classes": num_classes, "embed_dim": embed_dim, "dataset": dataset,
+            "num_classes": num_classes, "embed_dim": embed_dim, "inputs": inputs, "dataset": dataset,
             "num_old_classes": num_old, "role": role, "epoch": epoch, "metrics": metrics,
             "config": config}
 
@@ -70,10 +76,16 @@ def read_checkpoint(path: str | os.PathLike, role: str = "old") -> dict:
     return ckpt
 
 
-def load_model(path, role: str, *, num_classes: int, dataset: str, num_old: int | None = None):
+def load_model(path, role: str, *, num_classes: int, dataset: str, num_old: int | None = None,
+               inputs: dict | None = None):
     """Rebuild a reference model from its checkpoint alone and check that it fits ``role``:
-    ``num_classes`` is the head size the role needs (C_old for the old model, C otherwise)."""
+    ``num_classes`` is the head size the role needs (C_old for the old model, C otherwise);
+    ``inputs`` is what this run feeds it (checked against checkpoints that record theirs)."""
     ckpt = read_checkpoint(path, role)
+    saved_inputs = ckpt.get("inputs") or {}
+    if inputs is not None and saved_inputs and saved_inputs != inputs:
+        raise UserError(f"{path} was trained on inputs {saved_inputs} but this run feeds {inputs}; "
+                        "give the reference models' --image-size and --pretrained to this run too")
     if ckpt["dataset"] != dataset:
         raise UserError(f"{path} was trained on {ckpt['dataset']}, not on {dataset}; "
                         f"give a {dataset} checkpoint or --dataset {ckpt['dataset']}")
@@ -84,7 +96,8 @@ def load_model(path, role: str, *, num_classes: int, dataset: str, num_old: int 
         raise UserError(f"{path} was trained with {ckpt['num_old_classes']} old classes, this run "
                         f"uses {num_old}; use the same --old-fraction")
     try:
-        model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt.get("embed_dim"))
+        model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt.get("embed_dim"),
+                            image_size=saved_inputs.get("image_size"))
         model.load_state_dict(ckpt["model"])
     except (KeyError, RuntimeError) as err:
         raise UserError(f"{path}: weights do not fit architecture {ckpt.get('arch')!r} ({err}); "

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from models import ARCHS
+from models.zoo import VIT_PATCH
 from utils.data import DATASETS
 from utils.errors import UserError
 
@@ -18,6 +19,16 @@ from utils.errors import UserError
 NOT_IDENTITY = {"config", "output_dir", "device", "workers", "resume", "log_every", "save",
                 "eval_batch_size"}
 
+# Defaults that depend on the data set or the architecture, used where neither the command line
+# nor --config sets the flag. ImageNet: the standard ResNet recipe (SGD lr 0.1, momentum 0.9,
+# weight decay 1e-4, x0.1 every 30 epochs, 90 epochs, batch 128) with the paper's 128-d
+# embedding and MPT margin b = 1.5 (main.py's flag).
+DATASET_DEFAULTS = {
+    "imagenet": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_schedule": "step",
+                 "epochs": 90, "batch_size": 128, "embed_dim": 128, "image_size": 224, "b": 1.5},
+}
+ARCH_DEFAULTS = {"vit_b_32": {"image_size": 224}}
+
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description,
@@ -25,18 +36,34 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="YAML file of flag defaults; flags on the command line override it")
     p.add_argument("--dataset", default="cifar100", help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--data-root", default="./data", metavar="DIR",
-                   help="torchvision's CIFAR files (downloaded when absent) or folders train/<class>/*, test/<class>/*")
+                   help="torchvision's CIFAR files (downloaded when absent) or folders train/<class>/*, "
+                        "test/<class>/*; imagenet: folders train/<wnid>/*.JPEG, val/<wnid>/*.JPEG")
     p.add_argument("--arch", default="resnet18", help=f"one of {', '.join(ARCHS)}")
-    p.add_argument("--embed-dim", type=int, default=None, help="linear embedding of this size before the classifier")
+    p.add_argument("--embed-dim", type=int, default=None,
+                   help="linear embedding of this size before the classifier (imagenet: 128)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size in pixels: CIFAR images are resized to it, ImageNet crops cut at it "
+                        "(default: CIFAR's own 32; 224 for imagenet and vit_b_32)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="start the backbone from torchvision's ImageNet-1k weights (the inputs then get "
+                        "ImageNet's normalisation); random weights, with a warning, where they cannot be had")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the classifier, on the frozen backbone's features of the unaugmented "
+                        "images, computed once")
     p.add_argument("--old-fraction", type=float, default=0.5, help="the first round(F * C) classes are the old ones")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=100, help="(imagenet: 90)")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="(imagenet: 1e-4)")
+    p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "step"],
+                   help="cosine annealing over --epochs, or x0.1 every 30 epochs (imagenet: step)")
     p.add_argument("--batch-size", type=int, default=128, help="global batch size")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+                   help="hold out F of every class of the training set (chosen with --seed) and report "
+                        "the metrics on it under \"val\" in log.jsonl and results.json")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
-    p.add_argument("--workers", type=int, default=4, help="data-loader processes (PIL pipeline only)")
+    p.add_argument("--workers", type=int, default=4, help="data-loader processes (PIL pipeline and imagenet)")
     p.add_argument("--data-pipeline", default="tensor", choices=["tensor", "pil"],
                    help="tensor: data set on the device, batches augmented there; pil: the official per-image DataLoader")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
@@ -52,29 +79,86 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Parse with the defaults of ``--config FILE`` (a YAML mapping of flag names) applied first."""
+# A config's sections: the flags under one of these keys apply to that script only.
+CONFIG_SECTIONS = {"old": "train_old_model.py", "new": "train_new_model.py", "update": "main.py"}
+
+
+def parse(parser: argparse.ArgumentParser, argv=None, section: str | None = None) -> argparse.Namespace:
+    """Parse with, in order of precedence: the command line, ``--config FILE`` (see
+    ``load_config``), the defaults of the chosen data set and architecture (DATASET_DEFAULTS,
+    ARCH_DEFAULTS), the parser's own. ``section`` is the calling script's config section (a key
+    of CONFIG_SECTIONS)."""
     pre, _ = parser.parse_known_args(argv)
-    if pre.config:
-        parser.set_defaults(**load_config(parser, pre.config))
+    config = load_config(parser, pre.config, section) if pre.config else {}
+    parser.set_defaults(**config)
+    pre, _ = parser.parse_known_args(argv)  # the data set and architecture, wherever they were set
+    known = {a.dest for a in parser._actions}
+    implied = {**DATASET_DEFAULTS.get(pre.dataset, {}), **ARCH_DEFAULTS.get(pre.arch, {})}
+    parser.set_defaults(**{k: v for k, v in implied.items() if k in known and k not in config})
     return parser.parse_args(argv)
 
 
-def load_config(parser, path) -> dict:
+def load_config(parser, path, section: str | None = None) -> dict:
+    """Flag defaults from a YAML mapping of flag names (``-`` or ``_``) to values.
+
+    Top-level keys are shared: every script reads them, so they must be flags of every script.
+    The mapping under ``old:``, ``new:`` or ``update:`` is read only by train_old_model.py,
+    train_new_model.py or main.py (``section``) and overrides the shared keys; this is where
+    main.py-only flags such as ``method`` and ``b`` go, and where the old and new models of a
+    cross-architecture experiment get their own ``arch``. A script checks only its own section,
+    so one file describes a whole experiment and a typo still fails in the script that reads it."""
     import yaml
 
     try:
         cfg = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read --config {path}: {err}") from None
+    except OSError as err:
+        raise UserError(f"cannot read --config {path} ({err.strerror}); give an existing YAML file") from None
+    except yaml.YAMLError as err:
+        # YAML's own message spans several lines (with a drawing of the spot): keep one line.
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"--config {path} is not valid YAML ({getattr(err, 'problem', None) or err}"
+                        f"{where}); fix the file") from None
     if not isinstance(cfg, dict):
         raise UserError(f"--config {path} must be a YAML mapping of flag names to values")
-    known = {a.dest for a in parser._actions}
-    cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
-    unknown = sorted(set(cfg) - known)
+    sections = {name: cfg.pop(name) or {} for name in CONFIG_SECTIONS if name in cfg}
+    for name, values in sections.items():
+        if not isinstance(values, dict):
+            raise UserError(f"--config {path}: section {name}: must be a mapping of flag names to values")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    shared = _config_flags(cfg, actions, path, "")
+    own = _config_flags(sections.get(section, {}), actions, path, f"{section}: ")
+    return {**shared, **own}
+
+
+def _config_flags(values: dict, actions: dict, path, where: str) -> dict:
+    """Check the keys of one level of a config against the parser and convert the values as
+    the command line would (so that ``epochs: 1.5`` fails here and not mid-run)."""
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - set(actions))
     if unknown:
-        raise UserError(f"--config {path} sets unknown flags: {', '.join(unknown)}")
-    return cfg
+        hint = "" if where else (f"; flags of one script only go under its section "
+                                 f"({', '.join(f'{k}: for {v}' for k, v in CONFIG_SECTIONS.items())})")
+        raise UserError(f"--config {path} sets unknown flags: {where}{', '.join(unknown)}{hint}")
+    return {k: _config_value(actions[k], v, f"--config {path}: {where}{k}") for k, v in values.items()}
+
+
+def _config_value(action, value, where: str):
+    if action.nargs == 0:  # on/off switches such as --fast
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}")
+        return value
+    if value is None:
+        return None
+    if isinstance(value, (bool, list, dict)):
+        raise UserError(f"{where} must be a single value, got {value!r}")
+    try:
+        value = (action.type or str)(str(value))
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: invalid value {value!r}") from None
+    if action.choices is not None and value not in action.choices:
+        raise UserError(f"{where} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return value
 
 
 def _require(ok: bool, message: str):
@@ -94,7 +178,20 @@ def validate(args):
     _require(math.isfinite(args.weight_decay) and args.weight_decay >= 0,
              f"--weight-decay must be a non-negative finite number, got {args.weight_decay}")
     _require(0 < args.old_fraction < 1, f"--old-fraction must lie in (0, 1), got {args.old_fraction}")
+    _require(math.isfinite(args.val_fraction) and 0 <= args.val_fraction < 1,
+             f"--val-fraction must lie in [0, 1), got {args.val_fraction}")
     _require(args.embed_dim is None or args.embed_dim > 0, f"--embed-dim must be positive, got {args.embed_dim}")
+    _require(args.image_size is None or args.image_size > 0, f"--image-size must be positive, got {args.image_size}")
+    if args.arch.startswith("vit"):
+        _require(args.image_size is not None and args.image_size % VIT_PATCH == 0,
+                 f"--arch {args.arch} needs an --image-size that is a multiple of its {VIT_PATCH}-pixel "
+                 f"patches, got {args.image_size}")
+        _require(not args.pretrained or args.image_size == 224,
+                 f"the pretrained {args.arch} weights are for --image-size 224, got {args.image_size}")
+    _require(args.data_pipeline == "tensor" or (args.dataset != "imagenet" and args.image_size is None
+                                                  and not args.pretrained),
+             "--data-pipeline pil is the official 32-pixel CIFAR pipeline: it takes no --image-size or "
+             "--pretrained, and imagenet always reads its folders through DataLoaders")
     _require(args.log_every > 0, f"--log-every must be positive, got {args.log_every}")
     _require(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
     if args.device == "cuda" and not torch.cuda.is_available():

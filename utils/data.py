@@ -6,11 +6,16 @@ torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip) and normalised t
 an epoch's randomness drawn up front from (seed, epoch): no per-item Python, a data order that a
 resumed run reproduces exactly, and the same global batches whatever the number of processes.
 ``--data-pipeline pil`` is the official per-image torchvision pipeline, kept for comparison.
+
+ImageNet cannot live in one tensor: ``--dataset imagenet`` reads JPEG folders through a
+DataLoader (utils/imagenet.py). Both kinds of data set answer the runner through one interface:
+``dataset.inputs(args, device, rank, world)`` returns this process's train loader and the
+eval batches of its shard of each split (see ``TensorInputs``).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +27,12 @@ from utils.errors import UserError
 # The official code's normalisation (CIFAR-10 statistics, also used for CIFAR-100).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
-DATASETS = {"cifar10": 10, "cifar100": 100}
+# torchvision's ImageNet statistics: the ImageNet data set and every pretrained backbone.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATION = {"cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+# Number of classes of each data set; ImageNet's comes from its folders (tests use a few classes).
+DATASETS = {"cifar10": 10, "cifar100": 100, "imagenet": None}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 
 
@@ -36,8 +46,11 @@ class ImageSet:
 
     def classes_below(self, num_classes: int) -> "ImageSet":
         """The samples whose class index is < num_classes (the old classes)."""
-        keep = self.targets < num_classes
-        return ImageSet(self.images[keep], self.targets[keep])
+        return self.subset(self.targets < num_classes)
+
+    def subset(self, index) -> "ImageSet":
+        """The samples at ``index`` (indices, a mask or a slice)."""
+        return ImageSet(self.images[index], self.targets[index])
 
     def to(self, device) -> "ImageSet":
         return ImageSet(self.images.to(device), self.targets.to(device))
@@ -45,14 +58,57 @@ class ImageSet:
 
 @dataclass
 class Dataset:
+    """A data set's classes and its splits (CIFAR: tensors): train, test and, once ``holdout``
+    has set part of the training set aside, val."""
     name: str
     classes: list
     train: ImageSet
     test: ImageSet
+    val: ImageSet | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def splits(self) -> dict:
+        return {k: v for k, v in (("train", self.train), ("test", self.test), ("val", self.val)) if v is not None}
+
+    def classes_below(self, num_classes: int) -> "Dataset":
+        """The data set restricted to its first ``num_classes`` classes (the old model's)."""
+        return replace(self, classes=self.classes[:num_classes],
+                       **{k: v.classes_below(num_classes) for k, v in self.splits.items()})
+
+    def holdout(self, fraction: float, seed: int) -> "Dataset":
+        """``fraction`` of every class of the training set (chosen with ``seed``) becomes the val split."""
+        keep, held = stratified_split(self.train.targets, fraction, seed)
+        if len(keep) == 0 or len(held) == 0:
+            raise UserError(f"--val-fraction {fraction} leaves {len(keep)} training and {len(held)} "
+                            "validation samples; choose a fraction that leaves both")
+        return replace(self, train=self.train.subset(keep), val=self.train.subset(held))
+
+    def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1) -> "TensorInputs":
+        """What this process feeds the model: augmented train batches and unaugmented eval
+        batches, normalised (and resized to ``--image-size``) on ``device``."""
+        normalize = Normalize(*NORMALIZATION[normalization(args)], size=args.image_size,
+                              channels_last=device.type == "cuda")
+        splits = {k: v.to(device) for k, v in self.splits.items()}
+        if args.data_pipeline == "pil":
+            from utils.pil_pipeline import pil_train_loader
+            loader = pil_train_loader(splits["train"], args, device, normalize)
+        else:
+            loader = TrainLoader(splits["train"], args.batch_size, args.seed, normalize, rank=rank, world_size=world)
+        return TensorInputs(splits, normalize, loader, args.eval_batch_size, rank, world)
+
+
+def normalization(args) -> str:
+    """The statistics the inputs are normalised with: a pretrained backbone expects ImageNet's."""
+    return "imagenet" if args.dataset == "imagenet" or getattr(args, "pretrained", False) else "cifar"
+
+
+def input_spec(args) -> dict:
+    """What a model was fed, stored in its checkpoint: a reference model must be fed the same."""
+    return {"image_size": args.image_size, "normalization": normalization(args)}
 
 
 def num_old_classes(num_classes: int, old_fraction: float) -> int:
@@ -74,7 +130,15 @@ def load_dataset(name: str, root: str | os.PathLike, download: bool = True) -> D
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"--data-root {root} is a file; give the folder that holds the data set")
-    if (root / "train").is_dir() and (root / "test").is_dir():
+    if name == "imagenet":
+        from utils.imagenet import load_imagenet
+        return load_imagenet(root)
+    splits = [split for split in ("train", "test") if (root / split).is_dir()]
+    if len(splits) == 1:  # half an image-folder layout: say so instead of trying a download
+        other = "test" if splits[0] == "train" else "train"
+        raise UserError(f"--data-root {root} has {splits[0]}/ but no {other}/; an image-folder "
+                        "data set needs both train/<class>/* and test/<class>/*")
+    if splits:
         data = _load_image_folders(name, root)
     else:
         data = _load_torchvision_cifar(name, root, download)
@@ -102,7 +166,10 @@ def _read_split(folder: Path, classes: list) -> ImageSet:
         if not files:
             raise UserError(f"no images in {folder / cls}; expected image files such as 0001.jpg")
         for f in files:
-            images.append(decode_image(read_file(str(f)), mode=ImageReadMode.RGB))
+            try:
+                images.append(decode_image(read_file(str(f)), mode=ImageReadMode.RGB))
+            except RuntimeError as err:
+                raise UserError(f"cannot decode the image {f} ({err}); replace or remove it") from None
             targets.append(index)
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) != 1:
@@ -115,9 +182,12 @@ def _load_torchvision_cifar(name: str, root: Path, download: bool) -> Dataset:
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    created = not root.exists()
     try:
         train, test = (cls(str(root), train=t, download=download) for t in (True, False))
     except (RuntimeError, OSError) as err:  # absent and not downloadable (offline, unwritable, corrupt)
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # the download attempt made it: leave no empty folder behind
         raise UserError(
             f"cannot find or download {name} under --data-root {root} ({err}). Give --data-root a "
             f"folder with torchvision's {name} files, or an image-folder layout train/<class>/*.png "
@@ -144,17 +214,23 @@ def stratified_split(targets: torch.Tensor, fraction: float, seed: int):
 
 
 class Normalize:
-    """uint8 (N, 3, H, W) -> normalised float, on the tensor's device."""
+    """uint8 (N, 3, H, W) -> normalised float, on the tensor's device; resized to ``size`` x
+    ``size`` (bilinear) where given, e.g. CIFAR images for a 224-pixel ViT."""
 
-    def __init__(self, mean=CIFAR_MEAN, std=CIFAR_STD, channels_last=False):
+    def __init__(self, mean=CIFAR_MEAN, std=CIFAR_STD, channels_last=False, size: int | None = None):
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.size = size
 
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
         if self.mean.device != images_u8.device:
             self.mean, self.std = self.mean.to(images_u8.device), self.std.to(images_u8.device)
         x = images_u8.float().sub_(self.mean).div_(self.std)
+        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
+            # Per-channel normalisation commutes with interpolation, so resizing after it is exact.
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
+                              align_corners=False)
         return x.contiguous(memory_format=self.memory_format)
 
 
@@ -220,3 +296,31 @@ def eval_batches(data: ImageSet, batch_size: int, normalize: Normalize):
     """Normalised test batches in order (no augmentation)."""
     for start in range(0, len(data), batch_size):
         yield normalize(data.images[start:start + batch_size]), data.targets[start:start + batch_size]
+
+
+def identity(x):
+    """The transform of inputs that need none (cached features)."""
+    return x
+
+
+class TensorInputs:
+    """The runner's view of a data set in this process, for device-resident tensors.
+
+    ``train_loader`` yields this rank's share of each training batch and has ``set_epoch``;
+    ``eval_batches(split)`` yields the unaugmented batches of this rank's strided shard of a
+    split (rows rank, rank + world, ...), which ``utils.distributed.gather_rows`` puts back in
+    order; ``targets[split]`` holds the whole split's labels on the CPU. ``split`` is one of
+    ``targets``' keys: "train", "test" and, with --val-fraction, "val".
+    """
+
+    def __init__(self, splits: dict, transform, train_loader, eval_batch_size: int,
+                 rank: int = 0, world: int = 1):
+        self.splits, self.transform, self.train_loader = splits, transform, train_loader
+        self.eval_batch_size, self.rank, self.world = eval_batch_size, rank, world
+        self.targets = {k: v.targets.cpu() for k, v in splits.items()}
+
+    def eval_batches(self, split: str):
+        data = self.splits[split]
+        if self.world > 1:
+            data = data.subset(slice(self.rank, None, self.world))
+        return eval_batches(data, self.eval_batch_size, self.transform)

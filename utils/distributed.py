@@ -1,6 +1,7 @@
 """torchrun support: the same code runs single-process (no torchrun) and distributed."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -44,6 +45,27 @@ def gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
     dist.all_gather(parts, padded)
     out = torch.stack(parts, dim=1).flatten(0, 1)  # row i*W + r comes from rank r
     return out[:total]
+
+
+def broadcast_buffers(module: torch.nn.Module):
+    """Rank 0's buffers (BatchNorm running statistics) to every rank. DDP syncs them only at
+    the start of a forward, so after the last training step each rank holds its own; evaluating
+    with those would score each shard of the test set with a slightly different model."""
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block before the other ranks (e.g. it downloads, they read the cache)."""
+    if not is_main():
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
 
 
 def barrier():

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 
 import torch
 from torch import nn
+from torch.func import functional_call
+from torch.fx.experimental.optimization import fuse
 from tqdm import tqdm
 
 from utils.distributed import all_reduce_sum
@@ -13,7 +16,14 @@ from utils.errors import UserError
 
 
 class NonFiniteLoss(UserError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite in ``epoch`` at ``step`` (both 0-based; step is
+    None when another process saw it). The runner adds the last good checkpoint to the message."""
+
+    def __init__(self, epoch: int, step: int | None):
+        self.epoch, self.step = epoch, step
+        where = f"step {step + 1}" if step is not None else "on another process"
+        super().__init__(f"the training loss became non-finite in epoch {epoch + 1}, {where}; "
+                         "lower --lr or check the inputs")
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -24,17 +34,48 @@ def autocast(device: torch.device, enabled: bool):
 
 
 class EnsembleMean(nn.Module):
-    """Mean logits of several models of the same architecture (the ELODI reference)."""
+    """Mean logits of several models of the same architecture (the ELODI reference).
 
-    def __init__(self, members: list[nn.Module]):
+    ``batched=True`` evaluates all members as one ``torch.vmap`` over their stacked weights:
+    one (grouped) kernel per layer instead of one per member and layer. It is for inference
+    only, and the members must already be on their device, in eval mode and memory format
+    (stacked 5-d weights cannot be converted to channels-last afterwards).
+    """
+
+    def __init__(self, members: list[nn.Module], batched: bool = False):
         super().__init__()
-        self.members = nn.ModuleList(members)
+        self.batched = batched
+        if not batched:
+            self.members = nn.ModuleList(members)
+            return
+        # Stacked by name rather than with torch.func.stack_module_state, which also wants one
+        # class, and every BatchNorm-folded (fx-traced) member has a class of its own.
+        states = [{**dict(m.named_parameters()), **dict(m.named_buffers())} for m in members]
+        self._names = list(states[0])
+        for i, name in enumerate(self._names):
+            self.register_buffer(f"stacked_{i}", torch.stack([s[name].detach() for s in states]))
+        # The members' structure without storage; functional_call supplies the weights. Kept in
+        # a tuple so that .to() and state_dict() leave it alone.
+        self._skeleton = (copy.deepcopy(members[0]).eval().to("meta"),)
+
+    def _member_logits(self, state: dict, x):
+        return functional_call(self._skeleton[0], state, (x,))
 
     def forward(self, x):
+        if self.batched:
+            state = {name: getattr(self, f"stacked_{i}") for i, name in enumerate(self._names)}
+            return torch.vmap(self._member_logits, in_dims=(0, None))(state, x).float().mean(0)
         out = self.members[0](x).float()
         for m in self.members[1:]:
             out += m(x).float()
         return out / len(self.members)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with each BatchNorm folded into the convolution before it
+    (one kernel and one pass over the activations fewer per layer). The logits agree up to
+    rounding, so this is for teachers in the non-bit-faithful (bf16) mode only."""
+    return fuse(model.eval())
 
 
 class Teachers:
@@ -86,9 +127,11 @@ def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch
         errors += (logits.detach().argmax(1) != y).sum()
         seen += len(y)
         if (step + 1) % log_every == 0 or step + 1 == len(loader):
-            if first_bad.item() >= 0:
-                raise NonFiniteLoss(f"the training loss became non-finite at epoch {epoch}, "
-                                    f"step {first_bad.item()}; lower --lr or check the inputs")
+            # Decided by all ranks together: a rank that stopped alone would leave the others
+            # waiting for it in the next gradient all-reduce.
+            if all_reduce_sum((first_bad >= 0).to(torch.int64)).item() > 0:
+                bad_step = int(first_bad.item())
+                raise NonFiniteLoss(epoch, bad_step if bad_step >= 0 else None)
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
     totals = all_reduce_sum(torch.stack([loss_sum, errors.double(), torch.tensor(seen, device=device, dtype=torch.float64)]))
     loss_total, error_total, seen_total = totals.tolist()

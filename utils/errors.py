@@ -1,4 +1,5 @@
 """User-facing errors: one line, exit code 2, no traceback."""
+import os
 import sys
 from functools import wraps
 
@@ -15,6 +16,8 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            # Under torchrun every rank may fail: say which one (the others are often the same).
+            rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+            print(f"{rank}error: {err}", file=sys.stderr)
             sys.exit(2)
     return wrapper

@@ -28,9 +28,10 @@ def flip_metrics(targets, old_pred, pred, num_old: int) -> dict:
     old = targets < num_old
     y, p_old, p = targets[old], old_pred[old], pred[old]
     old_correct, new_correct = p_old == y, p == y
-    n = max(len(y), 1)
-    nfr = 100.0 * np.sum(old_correct & ~new_correct) / n
-    pfr = 100.0 * np.sum(~old_correct & new_correct) / n
+    # Without old-class samples there are no flips to count: NaN, like the error rates.
+    n = len(y)
+    nfr = 100.0 * np.sum(old_correct & ~new_correct) / n if n else math.nan
+    pfr = 100.0 * np.sum(~old_correct & new_correct) / n if n else math.nan
     er_old_model = error_rate(p_old, y)
     er_old = error_rate(p, y)
     expected = (1 - er_old_model / 100) * (er_old / 100)

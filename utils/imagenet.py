@@ -1,0 +1,144 @@
+"""ImageNet-1k from its JPEG folders: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``.
+
+The sorted wnids give the class indices (the class split takes the first round(F * C)); the
+number of classes is what the folders hold, so a few-class folder works as well as all 1,000.
+Images are decoded, cropped and flipped in DataLoader workers (the standard recipe:
+RandomResizedCrop + RandomHorizontalFlip for training, Resize(256/224 of the size) + CenterCrop
+for evaluation) as uint8 tensors; the training device normalises them with the same
+``Normalize`` as CIFAR, so a batch crosses to the GPU in a quarter of the float32 bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torchvision import transforms as T
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
+
+from utils.data import NORMALIZATION, Dataset, Normalize
+from utils.errors import UserError
+
+TRAIN, EVAL = "train", "val"
+DEFAULT_SIZE = 224
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """(path, class index) pairs, read with PIL and passed through ``transform``."""
+
+    def __init__(self, samples: list, transform=None):
+        self.samples, self.transform = samples, transform
+        self.targets = torch.tensor([t for _, t in samples], dtype=torch.int64)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, target = self.samples[i]
+        try:
+            image = default_loader(path)
+        except (OSError, ValueError) as err:  # PIL's errors for truncated or non-image files
+            raise UserError(f"cannot decode the image {path} ({err}); replace or remove it") from None
+        return (self.transform(image) if self.transform else image), target
+
+    def classes_below(self, num_classes: int) -> "ImageFiles":
+        return ImageFiles([s for s in self.samples if s[1] < num_classes], self.transform)
+
+    def subset(self, index) -> "ImageFiles":
+        """The samples at ``index`` (a 1-d tensor of indices)."""
+        return ImageFiles([self.samples[i] for i in index.tolist()], self.transform)
+
+    def with_transform(self, transform) -> "ImageFiles":
+        return ImageFiles(self.samples, transform)
+
+
+@dataclass
+class FolderDataset(Dataset):
+    """A ``Dataset`` whose splits are ``ImageFiles``, fed through DataLoaders."""
+
+    def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1) -> "FileInputs":
+        return FileInputs(self.splits, args, device, rank, world)
+
+
+def load_imagenet(root: Path) -> FolderDataset:
+    train_dir, eval_dir = root / TRAIN, root / EVAL
+    if not (train_dir.is_dir() and eval_dir.is_dir()):
+        raise UserError(f"--dataset imagenet needs {train_dir}/<wnid>/*.JPEG and {eval_dir}/<wnid>/*.JPEG "
+                        "(the validation images sorted into one folder per class)")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    eval_classes = sorted(p.name for p in eval_dir.iterdir() if p.is_dir())
+    if not classes or classes != eval_classes:
+        raise UserError(f"{train_dir} and {eval_dir} must hold the same class folders "
+                        f"(found {len(classes)} and {len(eval_classes)})")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = []
+    for folder in (train_dir, eval_dir):
+        try:
+            splits.append(ImageFiles(make_dataset(str(folder), index, extensions=IMG_EXTENSIONS)))
+        except FileNotFoundError as err:  # a class folder without images
+            raise UserError(f"{folder}: {err}") from None
+    return FolderDataset("imagenet", classes, *splits)
+
+
+class DeviceLoader:
+    """A DataLoader of uint8 batches, delivered normalised on the training device."""
+
+    def __init__(self, loader: DataLoader, normalize: Normalize, device: torch.device):
+        self.loader, self.normalize, self.device = loader, normalize, device
+
+    def set_epoch(self, epoch: int):
+        # The shuffle is a function of (seed, epoch): a resumed run repeats the data order.
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, targets in self.loader:
+            yield (self.normalize(images.to(self.device, non_blocking=True)),
+                   targets.to(self.device, non_blocking=True))
+
+
+class FileInputs:
+    """The runner's view of a folder data set in this process; the same interface as
+    ``utils.data.TensorInputs``: ``train_loader``, ``eval_batches(split)`` over this rank's
+    strided shard, and ``targets[split]``."""
+
+    def __init__(self, splits: dict, args, device: torch.device, rank: int = 0, world: int = 1):
+        if args.batch_size % world:
+            raise UserError(f"--batch-size {args.batch_size} is the global batch: it must be a "
+                            f"multiple of the {world} processes")
+        size = args.image_size or DEFAULT_SIZE
+        self.splits = splits
+        self.eval_transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
+        self.normalize = Normalize(*NORMALIZATION["imagenet"], channels_last=device.type == "cuda")
+        self.device, self.rank, self.world = device, rank, world
+        self.workers, self.eval_batch_size = args.workers, args.eval_batch_size
+        self.targets = {k: v.targets for k, v in splits.items()}
+        train_files = splits["train"].with_transform(T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
+                                                      T.PILToTensor()]))
+        # One sampler for one process or many: shuffled from (seed, epoch), this rank's share.
+        sampler = DistributedSampler(train_files, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+        self.train_loader = DeviceLoader(self._loader(train_files, args.batch_size // world, sampler,
+                                                      persistent=True), self.normalize, device)
+        self._eval_loaders = {}
+
+    def _loader(self, files, batch_size: int, sampler=None, persistent: bool = False) -> DataLoader:
+        return DataLoader(files, batch_size=batch_size, sampler=sampler, num_workers=self.workers,
+                          pin_memory=self.device.type == "cuda",
+                          persistent_workers=persistent and self.workers > 0)
+
+    def eval_batches(self, split: str):
+        """Unaugmented batches of rows rank, rank + world, ... of ``split``. The loaders of the
+        splits scored every epoch are kept (their workers persist); the training split is read
+        once, for the feature cache, so its workers end with it."""
+        loader = self._eval_loaders.get(split)
+        if loader is None:
+            files = self.splits[split].with_transform(self.eval_transform)
+            shard = Subset(files, range(self.rank, len(files), self.world))
+            loader = self._loader(shard, self.eval_batch_size, persistent=split != "train")
+            if split != "train":
+                self._eval_loaders[split] = loader
+        return iter(DeviceLoader(loader, self.normalize, self.device))

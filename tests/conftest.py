@@ -1,5 +1,197 @@
-"""Put the repository root on sys.path so that the tests can import its packages."""
+"""Shared test setup: the repository root on sys.path, tiny generated data sets (CIFAR-style
+and ImageNet-style folders), helpers that run a script the way a user does or in this process,
+and reference checkpoints trained once per session."""
+import hashlib
+import importlib
+import os
+import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402  (after the path setup, like every import of the repository)
+
+# The tests run tiny models on a small shared CPU: more threads than one only fight over it.
+torch.set_num_threads(1)
+
+NUM_CLASSES = 10   # cifar10's class count: the tiny data set stands in for it
+NUM_OLD = 5        # the first half (--old-fraction 0.5)
+
+
+def write_tiny_dataset(root: Path, num_classes: int = NUM_CLASSES, train: int = 8, test: int = 4,
+                       seed: int = 0) -> Path:
+    """An image-folder data set root/{train,test}/<class>/*.png of 32x32 RGB images; each class
+    has its own mean colour so that a model can learn something in a few steps."""
+    from torchvision.io import write_png
+
+    g = torch.Generator().manual_seed(seed)
+    for split, per_class in (("train", train), ("test", test)):
+        for c in range(num_classes):
+            folder = root / split / f"class{c:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            colour = torch.tensor([25 * c, 255 - 25 * c, (80 * c) % 256]).view(3, 1, 1)
+            for i in range(per_class):
+                noise = torch.randint(-40, 41, (3, 32, 32), generator=g)
+                write_png((colour + noise).clamp(0, 255).to(torch.uint8), str(folder / f"{i:03d}.png"))
+    return root
+
+
+def write_tiny_imagenet(root: Path, num_classes: int = 4, train: int = 6, val: int = 2, seed: int = 0) -> Path:
+    """An ImageNet-style folder root/{train,val}/<wnid>/*.JPEG of small JPEGs of a few sizes
+    (crops and resizes must cope), each class with its own mean colour."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for split, per_class in (("train", train), ("val", val)):
+        for c in range(num_classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            colour = torch.tensor([60 * c, 255 - 60 * c, 128]).view(3, 1, 1)
+            for i in range(per_class):
+                h, w = 36 + 4 * (i % 3), 44 - 4 * (i % 2)
+                noise = torch.randint(-30, 31, (3, h, w), generator=g)
+                image = (colour + noise).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+                Image.fromarray(image).save(folder / f"{c}_{i}.JPEG", format="JPEG")
+    return root
+
+
+def common_args(data_root, epochs: int = 1, **flags) -> list[str]:
+    """The flags of a fast CPU run on the tiny data set; ``flags`` add or override
+    (``batch_size=8`` -> ``--batch-size 8``)."""
+    settings = {"dataset": "cifar10", "data_root": data_root, "epochs": epochs, "batch_size": 16,
+                "device": "cpu", **flags}
+    return [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def script_env() -> dict:
+    """The environment of a script run by the tests: one thread, and every HTTP(S) request sent
+    to a closed local port, so that a download attempt fails at once and never reaches the network."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    dead = "http://127.0.0.1:9"
+    env.update(http_proxy=dead, https_proxy=dead, HTTP_PROXY=dead, HTTPS_PROXY=dead,
+               no_proxy="", NO_PROXY="")
+    return env
+
+
+def script_command(script: str, *args) -> list[str]:
+    return [sys.executable, str(REPO / script), *map(str, args)]
+
+
+def run_script(script: str, *args, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python <script> args...`` from the repository, as a user would; returns the
+    completed process (text stdout/stderr, returncode)."""
+    return subprocess.run(script_command(script, *args), cwd=cwd or REPO, env=script_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_inline(script: str, *args):
+    """Run a script's ``main(argv)`` in this process (no interpreter start-up: for the tests
+    that only need the run's files, or that watch its internals); returns its metrics."""
+    return importlib.import_module(Path(script).stem).main([str(a) for a in args])
+
+
+def file_hashes(*paths) -> dict:
+    """SHA-256 of every file at or under ``paths`` (missing paths map to None): compare a
+    snapshot before and after a command to show that it changed nothing."""
+    out = {}
+    for p in map(Path, paths):
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None
+    return out
+
+
+def assert_ok(proc: subprocess.CompletedProcess):
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet(tmp_path_factory) -> Path:
+    return write_tiny_imagenet(tmp_path_factory.mktemp("tiny-imagenet") / "data")
+
+
+@pytest.fixture(scope="session")
+def old_ckpt(tiny_data, tmp_path_factory) -> Path:
+    """An old model (5 classes) trained for one epoch."""
+    out = tmp_path_factory.mktemp("old")
+    assert_ok(run_script("train_old_model.py", *common_args(tiny_data), "--output-dir", out / "run",
+                         "--save", out / "ckpt_old.pth"))
+    return out / "ckpt_old.pth"
+
+
+@pytest.fixture(scope="session")
+def new_ckpt(tiny_data, tmp_path_factory) -> Path:
+    """A new reference model (10 classes) trained for one epoch."""
+    out = tmp_path_factory.mktemp("new")
+    assert_ok(run_script("train_new_model.py", *common_args(tiny_data), "--output-dir", out / "run",
+                         "--save", out / "ckpt_new.pth"))
+    return out / "ckpt_new.pth"
+
+
+@pytest.fixture
+def fake_run():
+    """Write a results.json like that of a finished run, without training: ``fake_run(folder,
+    role="update", method=..., b=..., seed=..., old_ckpt=..., val={...}, nfr=..., ...)``;
+    keyword arguments the function does not name become the test metrics."""
+    import json
+
+    def make(folder, role="update", method="MPT_KL", b=4.0, seed=42, dataset="cifar10",
+             arch="resnet18", old_ckpt="checkpoint/ckpt_old.pth", checkpoint=None, val=None,
+             config=None, **metrics):
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = {"dataset": dataset, "arch": arch, "seed": seed, "epochs": 1, "lr": 0.1,
+               "output_dir": str(folder)}
+        if role == "update":
+            cfg.update(method=method, b=b, old_ckpt=str(old_ckpt), new_ckpt="checkpoint/ckpt_new.pth")
+        cfg.update(config or {})
+        results = {"role": role, **metrics, "checkpoint": str(checkpoint or folder / "checkpoint.pth"),
+                   "config": cfg}
+        if val is not None:
+            results["val"] = val
+        (folder / "results.json").write_text(json.dumps(results))
+        return folder
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tiny_data, old_ckpt, new_ckpt, tmp_path_factory) -> Path:
+    """tools/sweep_b.sh over b in {0, 2} for MPT_KL: one-epoch runs of a --embed-dim 2 model with
+    a --val-fraction 0.25 hold-out, then its tables, figure and selected b. Run from a folder
+    other than the repository, as a user may."""
+    work = tmp_path_factory.mktemp("sweep")
+    env = dict(script_env(), BS="0 2", METHODS="MPT_KL", PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", str(REPO / "tools" / "sweep_b.sh"), str(work / "sweep"),
+         *common_args(tiny_data, embed_dim=2, val_fraction=0.25, precision="fp32"),
+         "--old-ckpt", str(old_ckpt), "--new-ckpt", str(new_ckpt)],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert_ok(proc)
+    return work / "sweep"
+
+
+@pytest.fixture
+def call_script(capsys):
+    """Run a script's ``main(argv)`` in this process, as its command line would (much faster than
+    a subprocess when the command fails before training); returns a CompletedProcess."""
+    def call(script: str, *args) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        module = importlib.import_module(Path(script).stem)
+        capsys.readouterr()
+        try:
+            module.main(argv)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([script, *argv], code, out, err)
+    return call

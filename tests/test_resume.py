@@ -1,0 +1,269 @@
+"""Reliability: a killed run continues with --resume to exactly the results of an uninterrupted
+one; checkpoint writes are atomic; --resume refuses other settings; a non-finite loss stops the
+run and names the last good checkpoint; distinct settings get distinct run folders."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import utils.checkpoint
+import utils.runner
+from conftest import REPO, assert_ok, common_args, file_hashes, run_script, script_command, script_env
+from utils.checkpoint import atomic_save, read_checkpoint
+from utils.cli import default_output_dir, parse
+
+EPOCHS = 3
+
+
+def results(run_dir):
+    """results.json without what names the run's own files (--output-dir, --save, --resume)."""
+    out = json.loads((run_dir / "results.json").read_text())
+    out.pop("checkpoint")
+    out.pop("config")
+    return out
+
+
+def epoch_records(run_dir):
+    """log.jsonl without the wall-clock times."""
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def run_killed_in_epoch_2(script, args, run_dir):
+    """Start the command, SIGKILL it once the state of epoch 1 is saved (so during epoch 2),
+    and check that it really was cut short."""
+    proc = subprocess.Popen(script_command(script, *args, "--output-dir", run_dir), env=script_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "state.pth").exists():
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert time.monotonic() < deadline, "no state.pth after 300 s"
+            time.sleep(0.02)
+        time.sleep(0.1)  # into epoch 2's training steps
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
+    state = torch.load(run_dir / "state.pth", map_location="cpu", weights_only=False)
+    assert state["epoch"] < EPOCHS - 1
+
+
+def assert_same_checkpoint(a, b):
+    wa, wb = read_checkpoint(a)["model"], read_checkpoint(b)["model"]
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+@pytest.fixture(scope="module")
+def update_args(tiny_data, old_ckpt, new_ckpt):
+    return [*common_args(tiny_data, epochs=EPOCHS), "--old-ckpt", old_ckpt, "--new-ckpt", new_ckpt,
+            "--method", "MPT_KL"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_update(update_args, tmp_path_factory):
+    """main.py run for EPOCHS epochs in one go: the reference for the resumed run."""
+    run_dir = tmp_path_factory.mktemp("update") / "run"
+    assert_ok(run_script("main.py", *update_args, "--output-dir", run_dir))
+    return run_dir
+
+
+def test_resumed_update_equals_uninterrupted_run(update_args, uninterrupted_update, tmp_path):
+    run_dir = tmp_path / "run"
+    run_killed_in_epoch_2("main.py", update_args, run_dir)
+    resumed = run_script("main.py", *update_args, "--output-dir", run_dir, "--resume")
+    assert_ok(resumed)
+    assert "epoch 1/3" not in resumed.stdout  # it continued, it did not start over
+
+    reference = uninterrupted_update
+    assert results(run_dir) == results(reference)
+    assert epoch_records(run_dir) == epoch_records(reference)
+    with np.load(run_dir / "predictions.npz") as got, np.load(reference / "predictions.npz") as want:
+        assert set(got.files) == set(want.files) == {"targets", "old_pred", "pred"}
+        for name in want.files:
+            np.testing.assert_array_equal(got[name], want[name])
+    assert_same_checkpoint(run_dir / "checkpoint.pth", reference / "checkpoint.pth")
+
+
+def test_resumed_old_model_equals_uninterrupted_run(tiny_data, tmp_path):
+    args = common_args(tiny_data, epochs=EPOCHS)
+    reference, run_dir = tmp_path / "reference", tmp_path / "run"
+    assert_ok(run_script("train_old_model.py", *args, "--output-dir", reference,
+                         "--save", reference / "ckpt_old.pth"))
+    run_killed_in_epoch_2("train_old_model.py", [*args, "--save", run_dir / "ckpt_old.pth"], run_dir)
+    assert not (run_dir / "ckpt_old.pth").exists()  # --save is written only by a finished run
+    assert_ok(run_script("train_old_model.py", *args, "--output-dir", run_dir,
+                         "--save", run_dir / "ckpt_old.pth", "--resume"))
+
+    assert results(run_dir) == results(reference)
+    assert epoch_records(run_dir) == epoch_records(reference)
+    assert_same_checkpoint(run_dir / "ckpt_old.pth", reference / "ckpt_old.pth")
+
+
+@pytest.mark.parametrize("changed", [["--lr", "0.05"], ["--b", "2"], ["--epochs", "4"], ["--seed", "1"]])
+def test_resume_with_other_settings_fails_clearly(call_script, update_args, uninterrupted_update, changed):
+    run_dir = uninterrupted_update
+    before = file_hashes(run_dir)
+    result = call_script("main.py", *update_args, *changed, "--output-dir", run_dir, "--resume")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip()
+    assert line.startswith("error: --resume:") and "\n" not in line
+    assert "other settings" in line and changed[0] in line and "use another --output-dir" in line
+    assert file_hashes(run_dir) == before
+
+
+def test_resume_ignores_flags_that_do_not_change_results(call_script, update_args, uninterrupted_update,
+                                                          tmp_path):
+    """A finished run resumed with another --eval-batch-size and --save: nothing to train, the
+    final files are written again, with the same results."""
+    run_dir = shutil.copytree(uninterrupted_update, tmp_path / "run")
+    result = call_script("main.py", *update_args, "--eval-batch-size", "7", "--output-dir", run_dir,
+                         "--save", tmp_path / "again.pth", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert results(run_dir) == results(uninterrupted_update)
+    assert_same_checkpoint(tmp_path / "again.pth", uninterrupted_update / "checkpoint.pth")
+
+
+# --- atomic writes -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure):
+    path = tmp_path / "ckpt.pth"
+    atomic_save({"format": utils.checkpoint.FORMAT, "weights": torch.arange(1000)}, path)
+    before = file_hashes(tmp_path)
+    real_save = torch.save
+
+    def half_then_fail(obj, f):
+        real_save(obj, f)
+        f.truncate(f.tell() // 2)
+        raise failure
+
+    monkeypatch.setattr(utils.checkpoint.torch, "save", half_then_fail)
+    with pytest.raises(type(failure)):
+        atomic_save({"format": utils.checkpoint.FORMAT, "weights": torch.zeros(1000)}, path)
+    assert file_hashes(tmp_path) == before  # the same bytes, and no temporary file left
+    assert torch.equal(read_checkpoint(path)["weights"], torch.arange(1000))
+
+
+SLOW_SAVE = """
+import sys, time
+from pathlib import Path
+import torch
+from utils.checkpoint import atomic_save
+
+class Slow:  # pickled in the middle of the save: signals, then hangs there
+    def __reduce__(self):
+        Path(sys.argv[2]).touch()
+        time.sleep(60)
+        return (int, ())
+
+atomic_save({"weights": torch.zeros(1000), "slow": Slow()}, sys.argv[1])
+"""
+
+
+def test_save_killed_midway_keeps_the_previous_checkpoint(tmp_path):
+    path, started = tmp_path / "ckpt.pth", tmp_path / "started"
+    atomic_save({"format": utils.checkpoint.FORMAT, "weights": torch.arange(1000)}, path)
+    before = path.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(path), str(started)], cwd=REPO,
+                            env=script_env())
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert path.read_bytes() == before
+    assert torch.equal(read_checkpoint(path)["weights"], torch.arange(1000))
+
+
+# --- non-finite loss -----------------------------------------------------------------------
+
+def test_exploding_loss_stops_before_the_first_checkpoint(tiny_data, tmp_path):
+    save = tmp_path / "ckpt_old.pth"
+    save.write_bytes(b"the previous good model")
+    before = file_hashes(save)
+    result = run_script("train_old_model.py", *common_args(tiny_data, epochs=2), "--lr", "1e30",
+                        "--log-every", "1", "--output-dir", tmp_path / "run", "--save", save)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: the training loss became non-finite in epoch 1/2, step ")
+    assert "no good checkpoint yet" in line and "Lower --lr" in line
+    assert file_hashes(save) == before
+    assert not (tmp_path / "run" / "state.pth").exists()
+
+
+def test_nan_loss_names_the_last_good_checkpoint(call_script, tiny_data, tmp_path, monkeypatch):
+    """The loss turns NaN at the second step of epoch 2 (of 3): the run stops there, the state
+    saved after epoch 1 stays as it was, and so does the checkpoint at --save."""
+    run_dir, save = tmp_path / "run", tmp_path / "ckpt_old.pth"
+    save.write_bytes(b"the previous good model")
+    before_save = file_hashes(save)
+    state_at_failure = {}
+    real_loss = utils.runner.plain_cross_entropy
+    steps = {"n": 0}
+
+    def loss_nan_in_epoch_2(logits, targets, epoch=0):
+        loss = real_loss(logits, targets)
+        if epoch == 1:
+            steps["n"] += 1
+            if steps["n"] == 2:
+                state_at_failure.update(file_hashes(run_dir / "state.pth"))
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(utils.runner, "plain_cross_entropy", loss_nan_in_epoch_2)
+    result = call_script("train_old_model.py", *common_args(tiny_data, epochs=3), "--log-every", "1",
+                         "--output-dir", run_dir, "--save", save)
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert line == (f"error: the training loss became non-finite in epoch 2/3, step 2/3; the last "
+                    f"good checkpoint is {run_dir / 'state.pth'} (after epoch 1/3); nothing was "
+                    "overwritten. Lower --lr or check the data and hyperparameters, and start the "
+                    "run again")
+    assert state_at_failure and file_hashes(run_dir / "state.pth") == state_at_failure
+    assert torch.load(run_dir / "state.pth", weights_only=False)["epoch"] == 0
+    assert file_hashes(save) == before_save
+    assert not (run_dir / "results.json").exists()
+
+
+# --- run folders -----------------------------------------------------------------------------
+
+def default_dir(argv):
+    import main
+
+    args = parse(main.build_parser(), [str(a) for a in argv])
+    return default_output_dir("update", args, "name")
+
+
+@pytest.mark.parametrize("other", [
+    ["--b", "2"], ["--lr", "0.01"], ["--seed", "1"], ["--method", "PCT_KL"], ["--epochs", "2"],
+    ["--old-ckpt", "elsewhere/ckpt_old.pth"], ["--data-root", "/elsewhere"], ["--fast"],
+])
+def test_distinct_settings_get_distinct_default_run_folders(other):
+    base = ["--dataset", "cifar10", "--b", "4"]
+    assert default_dir(base) != default_dir([*base, *other])
+
+
+@pytest.mark.parametrize("same", [
+    ["--device", "cpu"], ["--output-dir", "x"], ["--resume"], ["--eval-batch-size", "7"],
+])
+def test_settings_that_do_not_change_results_share_the_run_folder(same):
+    base = ["--dataset", "cifar10", "--b", "4"]
+    folder = default_dir(base)
+    assert folder == default_dir([*base, *same])
+    assert folder.parent.as_posix() == "runs/update" and folder.name.startswith("name-")

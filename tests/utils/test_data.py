@@ -1,0 +1,275 @@
+"""The data path: device augmentation against torchvision's transforms, the epoch randomness of
+TrainLoader, its sharding, Normalize, the PIL pipeline, and the data-set helpers."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision import transforms
+from torchvision.io import write_png
+
+from utils.data import (CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, load_dataset,
+                        num_old_classes, random_crop_flip, stratified_split)
+from utils.errors import UserError
+from utils.pil_pipeline import pil_train_loader
+
+MEAN = torch.tensor(CIFAR_MEAN).view(3, 1, 1)
+STD = torch.tensor(CIFAR_STD).view(3, 1, 1)
+
+
+def random_set(n: int, seed: int = 0, size: int = 32) -> ImageSet:
+    g = torch.Generator().manual_seed(seed)
+    return ImageSet(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+                    torch.arange(n))
+
+
+def epochs_of(loader, *epochs):
+    """Every batch of each epoch, as (images, targets) lists."""
+    out = []
+    for e in epochs:
+        loader.set_epoch(e)
+        out.append([(x.clone(), y.clone()) for x, y in loader])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# random_crop_flip: torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip, exactly.
+# --------------------------------------------------------------------------------------------
+def test_crop_flip_equals_torchvision_functional_for_every_offset():
+    """All 9 x 9 offsets, flipped and not: the crop of the zero-padded image (and its mirror)."""
+    offsets = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)]
+    images = random_set(len(offsets)).images
+    dy, dx, flip = (torch.tensor(v) for v in zip(*offsets))
+    out = random_crop_flip(images, dy, dx, flip)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    for k, (y, x, f) in enumerate(offsets):
+        expected = TF.crop(TF.pad(images[k], [4]), y, x, 32, 32)
+        if f:
+            expected = TF.hflip(expected)
+        assert torch.equal(out[k], expected), (y, x, f)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_crop_flip_equals_the_torchvision_transforms(seed):
+    """The transform classes draw top offset, left offset, then the flip; replaying those draws
+    through random_crop_flip gives the transforms' output (on tensors and on PIL images)."""
+    image = random_set(1, seed).images[0]
+    official = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()])
+    torch.manual_seed(seed)
+    from_tensor = official(image)
+    torch.manual_seed(seed)
+    from_pil = TF.pil_to_tensor(official(TF.to_pil_image(image)))
+    torch.manual_seed(seed)
+    dy, dx = torch.randint(0, 9, (1,)), torch.randint(0, 9, (1,))
+    flip = torch.rand(1) < 0.5
+    ours = random_crop_flip(image[None], dy, dx, flip)[0]
+    assert torch.equal(ours, from_tensor)
+    assert torch.equal(ours, from_pil)
+
+
+def test_padding_is_zero_and_normalises_to_minus_mean_over_std():
+    white = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    out = random_crop_flip(white, torch.tensor([0]), torch.tensor([0]), torch.tensor([False]))[0]
+    assert (out[:, :4, :] == 0).all() and (out[:, :, :4] == 0).all()
+    assert (out[:, 4:, 4:] == 255).all()
+    x = Normalize()(out[None])[0]
+    pad = (-MEAN / STD).expand(3, 32, 32)
+    torch.testing.assert_close(x[:, :4, :], pad[:, :4, :], atol=1e-6, rtol=0)
+    torch.testing.assert_close(x[:, 4:, 4:], ((1 - MEAN) / STD).expand(3, 28, 28), atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# TrainLoader's epoch randomness.
+# --------------------------------------------------------------------------------------------
+def index_only_set(n: int) -> ImageSet:
+    """epoch_randomness only needs the length: tiny images keep a large n cheap."""
+    return ImageSet(torch.zeros(n, 3, 1, 1, dtype=torch.uint8), torch.arange(n))
+
+
+@pytest.mark.parametrize("epoch", [0, 7])
+def test_offsets_are_uniform_and_flips_fair(epoch):
+    n = 45_000
+    loader = TrainLoader(index_only_set(n), 128, seed=3, normalize=Normalize())
+    loader.set_epoch(epoch)
+    _, dy, dx, flip = loader.epoch_randomness()
+    chi2_critical = 26.12  # 8 degrees of freedom, p = 0.001
+    for offsets in (dy, dx):
+        assert offsets.min() == 0 and offsets.max() == 8
+        counts = torch.bincount(offsets, minlength=9).double()
+        expected = n / 9
+        assert ((counts - expected) ** 2 / expected).sum() < chi2_critical
+    # (dy, dx) pairs: 81 cells, 80 degrees of freedom; critical value at p = 0.001.
+    pairs = torch.bincount(dy * 9 + dx, minlength=81).double()
+    assert ((pairs - n / 81) ** 2 / (n / 81)).sum() < 124.84
+    assert abs(flip.double().mean().item() - 0.5) < 4 * (0.25 / n) ** 0.5
+
+
+def test_epoch_randomness_depends_only_on_seed_and_epoch():
+    def draw(seed, epoch):
+        loader = TrainLoader(index_only_set(500), 64, seed=seed, normalize=Normalize())
+        loader.set_epoch(epoch)
+        torch.manual_seed(seed + epoch + 1234)  # the global RNG must not matter
+        torch.rand(10)
+        return loader.epoch_randomness()
+
+    def same(a, b):
+        return all(torch.equal(u, v) for u, v in zip(a, b))
+
+    assert same(draw(1, 2), draw(1, 2))
+    assert not same(draw(1, 2), draw(1, 3))
+    assert not same(draw(1, 2), draw(2, 2))
+    # No collision between neighbouring (seed, epoch) pairs, as seed + epoch would give.
+    assert not same(draw(1, 2), draw(2, 1))
+
+
+def test_every_sample_appears_once_per_epoch():
+    data = random_set(103)
+    loader = TrainLoader(data, 16, seed=0, normalize=Normalize())
+    for batches in epochs_of(loader, 0, 1):
+        assert len(batches) == len(loader) == 7
+        targets = torch.cat([y for _, y in batches])
+        assert sorted(targets.tolist()) == list(range(103))
+        assert [len(y) for _, y in batches] == [16] * 6 + [7]
+
+
+def test_unaugmented_batches_are_the_normalised_images():
+    data = random_set(40)
+    loader = TrainLoader(data, 16, seed=0, normalize=Normalize(), augment=False)
+    for x, y in loader:
+        torch.testing.assert_close(x, Normalize()(data.images[y]), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_shards_are_disjoint_and_make_up_the_single_process_batch(world):
+    data = random_set(70)
+    single = epochs_of(TrainLoader(data, 16, seed=5, normalize=Normalize()), 4)[0]
+    shards = [epochs_of(TrainLoader(data, 16, seed=5, normalize=Normalize(), rank=r, world_size=world), 4)[0]
+              for r in range(world)]
+    assert all(len(s) == len(single) for s in shards)
+    for step, (x, y) in enumerate(single):
+        parts = [s[step] for s in shards]
+        ids = [set(p[1].tolist()) for p in parts]
+        assert sum(map(len, ids)) == len(set().union(*ids)) == len(y)   # disjoint, complete
+        for r, (xr, yr) in enumerate(parts):
+            # The same samples with the same augmentation: rows r, r + world, ... of the batch.
+            assert torch.equal(yr, y[r::world])
+            assert torch.equal(xr, x[r::world])
+
+
+# --------------------------------------------------------------------------------------------
+# Normalize.
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalize_matches_torchvision(channels_last):
+    images = random_set(6).images
+    official = transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    expected = torch.stack([official(Image.fromarray(im.permute(1, 2, 0).numpy())) for im in images])
+    out = Normalize(channels_last=channels_last)(images)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=fmt)
+
+
+# --------------------------------------------------------------------------------------------
+# The PIL pipeline (--data-pipeline pil).
+# --------------------------------------------------------------------------------------------
+def pil_loader(data, workers=0, seed=3, batch_size=16):
+    args = SimpleNamespace(batch_size=batch_size, workers=workers, seed=seed)
+    return pil_train_loader(data, args, torch.device("cpu"), Normalize())
+
+
+def test_pil_batches_are_shaped_and_normalised():
+    """Constant images: every pixel is either the normalised value or zero padding."""
+    values = torch.arange(20, dtype=torch.uint8) * 12 + 10
+    data = ImageSet(values.view(-1, 1, 1, 1).expand(-1, 3, 32, 32).contiguous(), torch.arange(20))
+    loader = pil_loader(data)
+    batches = epochs_of(loader, 0)[0]
+    assert len(loader) == len(batches) == 2
+    assert [tuple(x.shape) for x, _ in batches] == [(16, 3, 32, 32), (4, 3, 32, 32)]
+    for x, y in batches:
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        for image, target in zip(x, y):
+            value = (values[target].float() / 255 - MEAN) / STD
+            is_value = torch.isclose(image, value.expand(3, 32, 32), atol=1e-6, rtol=0).all(0)
+            is_pad = torch.isclose(image, (-MEAN / STD).expand(3, 32, 32), atol=1e-6, rtol=0).all(0)
+            assert (is_value | is_pad).all()
+            assert is_value.sum() >= 28 * 28   # at most 4 padded rows and columns
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(20))
+
+
+def same_batches(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(xa, xb) and torch.equal(ya, yb)
+                                    for (xa, ya), (xb, yb) in zip(a, b))
+
+
+def test_pil_pipeline_is_a_function_of_seed_and_epoch():
+    data = random_set(40)
+    state = torch.get_rng_state()
+    first = epochs_of(pil_loader(data), 0, 1)
+    assert torch.equal(torch.get_rng_state(), state)   # the training process's RNG is untouched
+    assert same_batches(first[1], epochs_of(pil_loader(data), 1)[0])   # a resumed run
+    assert not same_batches(first[0], first[1])
+    assert not same_batches(first[0], epochs_of(pil_loader(data, seed=4), 0)[0])
+
+
+def test_pil_pipeline_does_not_depend_on_the_workers():
+    """Persistent workers keep their RNG between epochs: epoch 1 after epoch 0 in two workers
+    must still equal epoch 1 computed alone in the main process."""
+    data = random_set(40)
+    in_workers = epochs_of(pil_loader(data, workers=2), 0, 1)
+    alone = epochs_of(pil_loader(data, workers=0), 1)[0]
+    assert same_batches(in_workers[1], alone)
+
+
+# --------------------------------------------------------------------------------------------
+# Data-set helpers.
+# --------------------------------------------------------------------------------------------
+def test_load_dataset_reads_an_image_folder(tmp_path):
+    # Class folders created out of order: indices follow the sorted names.
+    names = ["truck", "airplane", "dog", "cat", "ship", "bird", "frog", "horse", "deer", "automobile"]
+    written = {}
+    g = torch.Generator().manual_seed(0)
+    for split, per_class in (("train", 2), ("test", 1)):
+        for name in names:
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g)
+                write_png(image, str(tmp_path / split / name / f"{i:02d}.png"))
+                written[(split, name, i)] = image
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+
+    data = load_dataset("cifar10", tmp_path)
+    assert data.classes == sorted(names) and data.num_classes == 10
+    assert data.train.images.shape == (20, 3, 32, 32) and data.train.images.dtype == torch.uint8
+    assert data.test.images.shape == (10, 3, 32, 32)
+    for split, per_class in (("train", 2), ("test", 1)):
+        images = getattr(data, split)
+        assert images.targets.tolist() == [c for c in range(10) for _ in range(per_class)]
+        for c, name in enumerate(sorted(names)):
+            for i in range(per_class):
+                assert torch.equal(images.images[c * per_class + i], written[(split, name, i)])
+
+    with pytest.raises(UserError, match="100"):
+        load_dataset("cifar100", tmp_path)
+
+
+def test_num_old_classes():
+    assert num_old_classes(100, 0.5) == 50
+    assert num_old_classes(10, 0.5) == 5
+    assert num_old_classes(10, 0.3) == 3
+    for fraction in (0.0, 1.0, 0.01, 0.99, -0.5):
+        with pytest.raises(UserError):
+            num_old_classes(10, fraction)
+
+
+def test_stratified_split_holds_out_a_fraction_of_every_class():
+    targets = torch.arange(10).repeat_interleave(20)[torch.randperm(200, generator=torch.Generator().manual_seed(1))]
+    keep, held = stratified_split(targets, 0.25, seed=7)
+    assert torch.equal(torch.cat([keep, held]).sort().values, torch.arange(200))
+    assert torch.equal(keep, keep.sort().values) and torch.equal(held, held.sort().values)
+    assert np.bincount(targets[held].numpy(), minlength=10).tolist() == [5] * 10
+    again, _ = stratified_split(targets, 0.25, seed=7)
+    other, _ = stratified_split(targets, 0.25, seed=8)
+    assert torch.equal(keep, again) and not torch.equal(keep, other)

@@ -1,0 +1,197 @@
+"""Finished runs read back from their results.json files and grouped into the paper's tables.
+
+A table is one (data set, old architecture -> new architecture) experiment; its rows are the
+reference models and the methods, one row per method and, for the methods that use the margin
+bias b, one row per value of b. The runs of a row (usually several seeds) are averaged.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
+
+from methods import METHODS
+from utils.checkpoint import read_checkpoint
+from utils.cli import NOT_IDENTITY
+from utils.errors import UserError
+
+METRICS = ("er_old", "er_all", "nfr", "rel_nfr")
+REFERENCES = {"old": "Old model", "new": "New model"}
+# The paper's order: the reference models, the baselines (no treatment, PCT, ELODI), MPT's
+# ablations (no distillation, no margin bias) and last the full method, so that each MPT row
+# adds one component to the rows above it. Methods not listed here follow, by name.
+ROW_ORDER = ["Old model", "New model", "No_Treatment", "PCT_Naive", "PCT_KL", "PCT_LM", "ELODI",
+             "ELODI_topk", "MPT_nodistillation", "MPT_KL_nobias", "MPT_LM_nobias", "MPT_KL", "MPT_LM"]
+UNKNOWN = "?"
+
+
+def warn(message: str):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def uses_b(method: str | None) -> bool:
+    """Whether --b changes what ``method`` trains (MPT's margin-calibrated variants)."""
+    return bool(getattr(METHODS.get(method), "biased", False))
+
+
+@lru_cache(maxsize=None)
+def default_b(dataset: str) -> float:
+    """main.py's --b when not given, for ``dataset`` (ImageNet has its own): rows at this b are
+    labelled with the bare method name."""
+    from main import build_parser
+    from utils.cli import parse
+    return parse(build_parser(), ["--dataset", dataset]).b
+
+
+class TableKey(NamedTuple):
+    dataset: str
+    old_arch: str
+    new_arch: str
+
+    def title(self) -> str:
+        return f"{self.dataset}: {self.old_arch} -> {self.new_arch}"
+
+
+@dataclass
+class Run:
+    path: Path              # the run folder
+    role: str               # "old", "new" or "update"
+    dataset: str
+    arch: str               # the architecture of this run's model
+    old_arch: str           # the old model's architecture (UNKNOWN when it cannot be found)
+    method: str             # the method, or "Old model" / "New model"
+    b: float | None         # only for the methods that use b
+    seed: int | None
+    results: dict           # results.json
+
+    def metrics(self, split: str = "test") -> dict:
+        """The test metrics, or the validation ones (``split="val"``; {} without --val-fraction)."""
+        return self.results if split == "test" else self.results.get("val", {})
+
+
+@dataclass
+class Row:
+    method: str
+    b: float | None
+    runs: list
+
+    @property
+    def label(self) -> str:
+        show_b = self.b is not None and self.b != default_b(self.runs[0].dataset)
+        return f"{self.method} (b={self.b:g})" if show_b else self.method
+
+    def stat(self, metric: str, split: str = "test") -> tuple[float, float, int]:
+        """(mean, sample standard deviation, number of values) of ``metric`` over the runs that
+        report a finite value (Rel-NFR is NaN when undefined); NaN where there are too few."""
+        values = [v for v in (r.metrics(split).get(metric) for r in self.runs)
+                  if isinstance(v, (int, float)) and math.isfinite(v)]
+        mean = statistics.fmean(values) if values else math.nan
+        std = statistics.stdev(values) if len(values) > 1 else math.nan
+        return mean, std, len(values)
+
+
+def find_runs(folders) -> list[Run]:
+    """Every run whose results.json lies somewhere under ``folders``."""
+    files = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise UserError(f"{folder} is not a folder; give folders that hold run folders")
+        files += sorted(folder.rglob("results.json"))
+    records = []
+    for f in files:
+        try:
+            r = json.loads(f.read_text())
+            if r.get("role") not in ("old", "new", "update") or not {"dataset", "arch"} <= set(r["config"]):
+                raise ValueError("not a results.json of this repository")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            warn(f"skipping {f}: {err}")
+            continue
+        records.append((f.parent, r))
+    if not records:
+        raise UserError(f"no results.json under {', '.join(map(str, folders))}; "
+                        "give the folders that hold finished runs")
+    # The old model of an update is known by its checkpoint path: an old run among these, or
+    # else the checkpoint itself.
+    old_archs = {_resolve(r["checkpoint"]): r["config"]["arch"]
+                 for _, r in records if r["role"] == "old" and "checkpoint" in r}
+    return [_make_run(path, r, old_archs) for path, r in records]
+
+
+def _make_run(path: Path, r: dict, old_archs: dict) -> Run:
+    cfg, role = r["config"], r["role"]
+    if role == "update":
+        ckpt = _resolve(cfg["old_ckpt"]) if cfg.get("old_ckpt") else None
+        old_arch = (old_archs.get(ckpt) or _checkpoint_arch(ckpt)) if ckpt else UNKNOWN
+        method = cfg.get("method", UNKNOWN)
+    else:
+        old_arch = cfg["arch"] if role == "old" else UNKNOWN
+        method = REFERENCES[role]
+    b = float(cfg["b"]) if uses_b(method) and cfg.get("b") is not None else None
+    return Run(path, role, cfg["dataset"], cfg["arch"], old_arch, method, b, cfg.get("seed"), r)
+
+
+def _resolve(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+@lru_cache(maxsize=None)
+def _checkpoint_arch(path: str) -> str:
+    try:
+        return read_checkpoint(path, "old")["arch"]
+    except UserError as err:
+        warn(f"old model architecture unknown, shown as {UNKNOWN!r}: {err}")
+        return UNKNOWN
+
+
+def group(runs: list[Run]) -> dict[TableKey, list[Row]]:
+    """The tables, each with its rows in the paper's order (then by b)."""
+    updates = [r for r in runs if r.role == "update"]
+    keys = {TableKey(r.dataset, r.old_arch, r.arch) for r in updates}
+    # Reference models of a data set without updates still get a table.
+    for dataset in {r.dataset for r in runs} - {r.dataset for r in updates}:
+        olds = {r.arch for r in runs if r.dataset == dataset and r.role == "old"} or {UNKNOWN}
+        news = {r.arch for r in runs if r.dataset == dataset and r.role == "new"} or {UNKNOWN}
+        keys |= {TableKey(dataset, o, n) for o in olds for n in news}
+
+    def belongs(run: Run, key: TableKey) -> bool:
+        if run.dataset != key.dataset:
+            return False
+        if run.role == "old":
+            return run.arch == key.old_arch
+        if run.role == "new":
+            return run.arch == key.new_arch
+        return (run.old_arch, run.arch) == (key.old_arch, key.new_arch)
+
+    tables = {}
+    for key in sorted(keys):
+        rows: dict[tuple, Row] = {}
+        for run in runs:
+            if belongs(run, key):
+                rows.setdefault((run.method, run.b), Row(run.method, run.b, [])).runs.append(run)
+        tables[key] = sorted(rows.values(), key=_row_order)
+        for row in tables[key]:
+            _warn_if_mixed(key, row)
+    return tables
+
+
+def _row_order(row: Row):
+    known = row.method in ROW_ORDER
+    return (ROW_ORDER.index(row.method) if known else len(ROW_ORDER), "" if known else row.method,
+            -math.inf if row.b is None else row.b)
+
+
+def _warn_if_mixed(key: TableKey, row: Row):
+    """Averaging runs that differ in more than the seed would be misleading: say so."""
+    ignored = NOT_IDENTITY | {"seed"} | ({"b"} if row.b is None else set())
+    configs = [r.results["config"] for r in row.runs]
+    differ = sorted(k for k in set().union(*configs) - ignored
+                    if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1)
+    if differ:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in differ)
+        warn(f"{key.title()}, row {row.label}: its {len(row.runs)} runs differ in {flags}, not only "
+             "in --seed; they are averaged anyway")

@@ -1,0 +1,52 @@
+"""python -m tools.plots: the b sweep on fake runs, the embeddings on a tiny --embed-dim 2 sweep."""
+import sys
+
+import pytest
+
+from tools import plots
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+
+
+def test_b_sweep_figure(tmp_path, fake_run):
+    for method in ("MPT_KL", "MPT_LM"):
+        for b in (0.0, 1.0, 4.0):
+            for seed in (1, 2):
+                fake_run(tmp_path / "sweep" / f"{method}-b{b}-{seed}", method=method, b=b, seed=seed,
+                         er_all=30 + b + seed, nfr=5 - b + seed / 10)
+    plots.main(["b-sweep", str(tmp_path / "sweep"), "--out", str(tmp_path / "fig4.png")])
+    assert_png(tmp_path / "fig4.png")
+
+
+def test_b_sweep_needs_runs_that_use_b(tmp_path, fake_run, capsys):
+    fake_run(tmp_path / "pct", method="PCT_KL", er_all=1.0, nfr=1.0)
+    with pytest.raises(SystemExit) as exc:
+        plots.main(["b-sweep", str(tmp_path), "--out", str(tmp_path / "f.png")])
+    assert exc.value.code == 2 and "uses b" in capsys.readouterr().err
+
+
+def test_missing_matplotlib_is_one_line_and_exit_2(tmp_path, fake_run, monkeypatch, capsys):
+    fake_run(tmp_path / "run", er_all=1.0, nfr=1.0)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(SystemExit) as exc:
+        plots.main(["b-sweep", str(tmp_path), "--out", str(tmp_path / "f.png")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: the plots need matplotlib; install it with: "
+                                               "pip install matplotlib")
+
+
+def test_embeddings_figure(tiny_sweep, tmp_path, capsys):
+    runs = [tiny_sweep / "MPT_KL" / b / "seed42" for b in ("b0", "b2")]
+    plots.main(["embeddings", *map(str, runs), "--out", str(tmp_path / "fig3.png"), "--max-points", "30"])
+    assert_png(tmp_path / "fig3.png")
+
+
+def test_embeddings_need_a_2d_model(old_ckpt, capsys):
+    with pytest.raises(SystemExit) as exc:
+        plots.main(["embeddings", str(old_ckpt.parent / "run"), "--out", str(old_ckpt.parent / "f.png")])
+    assert exc.value.code == 2 and "--embed-dim 2" in capsys.readouterr().err

@@ -1,0 +1,105 @@
+"""python -m tools.tables on hand-written results.json files."""
+import csv
+import io
+
+import pytest
+
+from tools import tables
+from tools.results import find_runs, group
+
+
+@pytest.fixture
+def runs(tmp_path, fake_run):
+    """Two experiments: cifar10 resnet18 -> resnet18 (all kinds of rows) and resnet18 -> resnet50."""
+    root = tmp_path / "runs"
+    old_ckpt = tmp_path / "ckpt" / "old.pth"
+    fake_run(root / "old", role="old", checkpoint=old_ckpt, er_old=30.0)
+    fake_run(root / "new18", role="new", er_old=25.0, er_all=28.0)
+    fake_run(root / "new50", role="new", arch="resnet50", er_old=20.0, er_all=22.0)
+    common = dict(old_ckpt=old_ckpt, er_old=26.0, er_all=29.0, rel_nfr=40.0)
+    # Written in an order unlike the table's, to check the sorting.
+    fake_run(root / "mpt_lm", method="MPT_LM", nfr=3.5, **common)
+    fake_run(root / "mpt_kl_b2", method="MPT_KL", b=2.0, nfr=4.5, **common)
+    fake_run(root / "mpt_kl_42", method="MPT_KL", seed=42, nfr=3.0, **common)
+    fake_run(root / "mpt_kl_43", method="MPT_KL", seed=43, nfr=4.0, **common)
+    fake_run(root / "nobias", method="MPT_KL_nobias", b=2.0, nfr=4.2, **common)  # b is ignored
+    fake_run(root / "nt_42", method="No_Treatment", seed=42, nfr=5.0, **common)
+    fake_run(root / "nt_43", method="No_Treatment", seed=43, nfr=7.0, **common)
+    fake_run(root / "nt_44", method="No_Treatment", seed=44, nfr=6.0, **dict(common, rel_nfr=float("nan")))
+    fake_run(root / "elodi", method="ELODI", nfr=4.8, **common)
+    fake_run(root / "pct", method="PCT_KL", nfr=4.6, **common)
+    fake_run(root / "r50", method="MPT_KL", arch="resnet50", nfr=2.0, **common)
+    return root
+
+
+def test_rows_in_the_papers_order_with_b_and_runs(runs):
+    by_key = group(find_runs([runs]))
+    assert [k.title() for k in by_key] == ["cifar10: resnet18 -> resnet18", "cifar10: resnet18 -> resnet50"]
+    rows = list(by_key.values())[0]
+    assert [(r.label, len(r.runs)) for r in rows] == [
+        ("Old model", 1), ("New model", 1), ("No_Treatment", 3), ("PCT_KL", 1), ("ELODI", 1),
+        ("MPT_KL_nobias", 1), ("MPT_KL (b=2)", 1), ("MPT_KL", 2), ("MPT_LM", 1)]
+    # The resnet50 table has the same old model and its own new model.
+    assert [(r.label, r.runs[0].results.get("er_all")) for r in list(by_key.values())[1]] == [
+        ("Old model", None), ("New model", 22.0), ("MPT_KL", 29.0)]
+
+
+def test_markdown_mean_std_and_missing_values(runs, capsys):
+    tables.main([str(runs)])
+    md = capsys.readouterr().out
+    assert "### cifar10: resnet18 -> resnet18" in md
+    assert "| Method | Runs | ER(Y_old) | ER(Y_all) | NFR | Rel-NFR |" in md
+    # Three seeds: mean ± sample std of 5, 7, 6; Rel-NFR over the two finite values.
+    assert "| No_Treatment | 3 | 26.00 ± 0.00 | 29.00 ± 0.00 | 6.00 ± 1.00 | 40.00 ± 0.00 |" in md
+    assert "| Old model | 1 | 30.00 | – | – | – |" in md
+    assert "| New model | 1 | 25.00 | 28.00 | – | – |" in md
+    assert "| MPT_KL (b=2) | 1 | 26.00 | 29.00 | 4.50 | 40.00 |" in md
+
+
+def test_files_and_csv_content(runs, tmp_path):
+    tables.main([str(runs), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "tables.md").read_text().startswith("### cifar10")
+    lines = list(csv.DictReader(io.StringIO((tmp_path / "out" / "tables.csv").read_text())))
+    nt = next(r for r in lines if r["row"] == "No_Treatment")
+    assert nt["runs"] == "3" and nt["nfr_mean"] == "6" and nt["nfr_std"] == "1" and nt["b"] == ""
+    kl2 = next(r for r in lines if r["row"] == "MPT_KL (b=2)")
+    assert (kl2["method"], kl2["b"], kl2["nfr_std"], kl2["new_arch"]) == ("MPT_KL", "2", "", "resnet18")
+    old = next(r for r in lines if r["row"] == "Old model")
+    assert old["er_old_mean"] == "30" and old["nfr_mean"] == ""
+    assert len(lines) == 9 + 3
+
+
+def test_plain_print(runs, capsys):
+    tables.main([str(runs), "--print"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "cifar10: resnet18 -> resnet18"
+    assert out[1].split() == ["Method", "Runs", "ER(Y_old)", "ER(Y_all)", "NFR", "Rel-NFR"]
+    assert out[2].split() == ["Old", "model", "1", "30.00", "–", "–", "–"]
+
+
+def test_unknown_old_model_and_mixed_settings_are_reported(tmp_path, fake_run, capsys):
+    fake_run(tmp_path / "a", method="PCT_KL", seed=1, old_ckpt=tmp_path / "missing.pth", nfr=1.0)
+    fake_run(tmp_path / "b", method="PCT_KL", seed=2, old_ckpt=tmp_path / "missing.pth", nfr=2.0,
+             config={"epochs": 5})
+    tables.main([str(tmp_path), "--print"])
+    captured = capsys.readouterr()
+    assert "cifar10: ? -> resnet18" in captured.out
+    assert "missing.pth" in captured.err and "differ in --epochs" in captured.err
+
+
+def test_validation_split_and_no_runs(tmp_path, fake_run, capsys):
+    fake_run(tmp_path / "a", nfr=1.0, er_all=2.0, val={"nfr": 9.0, "er_all": 8.0})
+    tables.main([str(tmp_path), "--print", "--split", "val"])
+    out = capsys.readouterr().out
+    assert "(validation)" in out and "9.00" in out and "1.00" not in out
+    with pytest.raises(SystemExit) as exc:
+        tables.main([str(tmp_path / "a" / "nothing")])
+    assert exc.value.code == 2
+
+
+def test_b_is_shown_where_it_is_not_the_data_sets_default(tmp_path, fake_run):
+    fake_run(tmp_path / "a", dataset="imagenet", b=1.5, nfr=1.0)   # ImageNet's default b
+    fake_run(tmp_path / "b", dataset="imagenet", b=4.0, nfr=1.0)
+    fake_run(tmp_path / "c", dataset="cifar100", b=4.0, nfr=1.0)   # CIFAR's default b
+    labels = {k.dataset: [r.label for r in rows] for k, rows in group(find_runs([tmp_path])).items()}
+    assert labels == {"cifar100": ["MPT_KL"], "imagenet": ["MPT_KL", "MPT_KL (b=4)"]}

@@ -158,7 +158,8 @@ def _load_image_folders(name: str, root: Path) -> Dataset:
 
 
 def _read_split(folder: Path, classes: list) -> ImageSet:
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    # PIL, not torchvision.io: torchvision 0.29 deprecates its decoders.
+    from PIL import Image, UnidentifiedImageError
 
     images, targets = [], []
     for index, cls in enumerate(classes):
@@ -167,8 +168,9 @@ def _read_split(folder: Path, classes: list) -> ImageSet:
             raise UserError(f"no images in {folder / cls}; expected image files such as 0001.jpg")
         for f in files:
             try:
-                images.append(decode_image(read_file(str(f)), mode=ImageReadMode.RGB))
-            except RuntimeError as err:
+                with Image.open(f) as im:
+                    images.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
+            except (OSError, UnidentifiedImageError) as err:
                 raise UserError(f"cannot decode the image {f} ({err}); replace or remove it") from None
             targets.append(index)
     shapes = {tuple(im.shape) for im in images}

@@ -119,22 +119,24 @@ def tiny_imagenet(tmp_path_factory) -> Path:
     return write_tiny_imagenet(tmp_path_factory.mktemp("tiny-imagenet") / "data")
 
 
+def train_reference(role: str, data_root: Path, tmp_path_factory) -> Path:
+    """A reference model ("old" or "new") trained for one epoch on ``data_root``; its checkpoint."""
+    out = tmp_path_factory.mktemp(role)
+    assert_ok(run_script(f"train_{role}_model.py", *common_args(data_root), "--output-dir", out / "run",
+                         "--save", out / f"ckpt_{role}.pth"))
+    return out / f"ckpt_{role}.pth"
+
+
 @pytest.fixture(scope="session")
 def old_ckpt(tiny_data, tmp_path_factory) -> Path:
     """An old model (5 classes) trained for one epoch."""
-    out = tmp_path_factory.mktemp("old")
-    assert_ok(run_script("train_old_model.py", *common_args(tiny_data), "--output-dir", out / "run",
-                         "--save", out / "ckpt_old.pth"))
-    return out / "ckpt_old.pth"
+    return train_reference("old", tiny_data, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def new_ckpt(tiny_data, tmp_path_factory) -> Path:
     """A new reference model (10 classes) trained for one epoch."""
-    out = tmp_path_factory.mktemp("new")
-    assert_ok(run_script("train_new_model.py", *common_args(tiny_data), "--output-dir", out / "run",
-                         "--save", out / "ckpt_new.pth"))
-    return out / "ckpt_new.pth"
+    return train_reference("new", tiny_data, tmp_path_factory)
 
 
 @pytest.fixture

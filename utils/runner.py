@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from models import build_model
 from utils import distributed as dist
 from utils.checkpoint import atomic_save, load_model, model_checkpoint, unwrap
 from utils.cli import identity
 from utils.data import input_spec, load_dataset, num_old_classes
-from utils.engine import EnsembleMean, NonFiniteLoss, Teachers, fold_batchnorm, predict, train_one_epoch
+from utils.engine import (EnsembleMean, NonFiniteLoss, Teachers, fold_batchnorm, predict, progress,
+                          train_one_epoch)
 from utils.errors import UserError
 from utils.features import cache_features, head_on
 from utils.metrics import error_rate, flip_metrics
@@ -245,7 +247,8 @@ def _run(args, role: str, update: Update | None) -> dict:
         return metrics, pred
 
     metrics, pred = (history[-1]["metrics"], None) if history else ({}, None)
-    for epoch in range(start_epoch, args.epochs):
+    epochs = progress(range(start_epoch, args.epochs), desc=role, unit="epoch")
+    for epoch in epochs:
         t0 = time.time()
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
@@ -261,7 +264,7 @@ def _run(args, role: str, update: Update | None) -> dict:
         history.append(record)
         if dist.is_main():
             save_state(out_dir, args, model, optimizer, scheduler, epoch, history)
-            print(summary_line(role, record, args.epochs), flush=True)
+            tqdm.write(summary_line(role, record, args.epochs))  # above the progress bars
 
     if pred is None:  # resumed after the last epoch: recompute the final predictions
         metrics, pred = evaluate()

@@ -73,4 +73,8 @@ def test_user_error_stops_every_rank_with_exit_code_2(tiny_data, tmp_path):
     for rank in (0, 1):
         assert f"[rank {rank}] error: old model checkpoint" in proc.stderr
     assert "exitcode  : 2" in proc.stderr  # torchrun's report of the first worker to stop
-    assert f'File "{REPO}' not in proc.stderr  # no traceback from the workers (torchrun prints its own)
+    # No traceback from the workers' code; torchrun prints its own from site-packages, which may
+    # lie inside the repository (CI installs into ./.venv).
+    worker_frames = [line for line in proc.stderr.splitlines()
+                     if f'File "{REPO}' in line and "site-packages" not in line]
+    assert not worker_frames

@@ -121,8 +121,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch
         optimizer.step()
 
         detached = loss.detach()
-        bad = ~torch.isfinite(detached)
-        first_bad = torch.where(bad & (first_bad < 0), torch.tensor(step, device=device), first_bad)
+        # A Python scalar fill: no host-to-device copy (and so no sync) in the step.
+        first_bad.masked_fill_(~torch.isfinite(detached) & (first_bad < 0), step)
         loss_sum += detached * len(y)
         errors += (logits.detach().argmax(1) != y).sum()
         seen += len(y)

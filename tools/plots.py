@@ -56,7 +56,7 @@ def embeddings(run_dir: Path, data_root: str | None, batch_size: int, device: st
     import torch
 
     from utils.checkpoint import load_model, read_checkpoint
-    from utils.data import NORMALIZATION, Normalize, eval_batches, normalization
+    from utils.data import eval_batches, normalizer
 
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
@@ -71,7 +71,7 @@ def embeddings(run_dir: Path, data_root: str | None, batch_size: int, device: st
     data = _dataset(ckpt["dataset"], data_root or config.get("data_root", "./data"))
     test = data.test.classes_below(ckpt["num_classes"])  # the old model never saw the new classes
     # The inputs exactly as the run evaluated them (statistics and size from its own flags).
-    transform = Normalize(*NORMALIZATION[normalization(SimpleNamespace(**config))], size=config.get("image_size"))
+    transform = normalizer(SimpleNamespace(**config))
     model = model.to(device)
     with torch.inference_mode():
         feats = [model.features(x.to(device)).float().cpu() for x, _ in eval_batches(test, batch_size, transform)]

@@ -90,8 +90,7 @@ class Dataset:
     def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1) -> "TensorInputs":
         """What this process feeds the model: augmented train batches and unaugmented eval
         batches, normalised (and resized to ``--image-size``) on ``device``."""
-        normalize = Normalize(*NORMALIZATION[normalization(args)], size=args.image_size,
-                              channels_last=device.type == "cuda")
+        normalize = normalizer(args, channels_last=device.type == "cuda")
         splits = {k: v.to(device) for k, v in self.splits.items()}
         if args.data_pipeline == "pil":
             from utils.pil_pipeline import pil_train_loader
@@ -104,6 +103,12 @@ class Dataset:
 def normalization(args) -> str:
     """The statistics the inputs are normalised with: a pretrained backbone expects ImageNet's."""
     return "imagenet" if args.dataset == "imagenet" or getattr(args, "pretrained", False) else "cifar"
+
+
+def normalizer(args, channels_last: bool = False) -> Normalize:
+    """The normalisation (and resize to ``--image-size``) of a run with these flags."""
+    return Normalize(*NORMALIZATION[normalization(args)], size=getattr(args, "image_size", None),
+                     channels_last=channels_last)
 
 
 def input_spec(args) -> dict:

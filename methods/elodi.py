@@ -11,6 +11,7 @@ from methods.registry import Method, register
 class ELODI(Method):
     """CE + [epoch >= warmup_epochs] (old_weight LM(z_old, old) + ens_weight LM(z, ensemble))."""
     references = frozenset({"old", "ensemble"})
+    term_weight_flags = ("--elodi-old-weight", "--elodi-ensemble-weight")
     use_topk = False
 
     def __init__(self, old_weight=0.6, ensemble_weight=0.4, warmup_epochs=6, topk=10, num_old=None):

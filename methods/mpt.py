@@ -33,8 +33,9 @@ class _MPT(Method):
 
 def _variant(name, distance, biased):
     references = frozenset({"old", "new"}) if distance else frozenset()
-    cls = type(name.replace("_", ""), (_MPT,),
-               {"distance": distance, "biased": biased, "references": references})
+    weights = ("--lm-weight",) if distance == "lm" else ()
+    cls = type(name.replace("_", ""), (_MPT,), {"distance": distance, "biased": biased,
+                                                "references": references, "term_weight_flags": weights})
     return register(name)(cls)
 
 

@@ -35,6 +35,7 @@ class PCTKL(Method):
 class PCTLM(Method):
     """CE + lm_weight * FD-LM(z_old, old)."""
     references = frozenset({"old"})
+    term_weight_flags = ("--lm-weight",)
 
     def __init__(self, alpha=1.0, beta=5.0, lm_weight=0.4, num_old=None):
         super().__init__(num_old)

@@ -28,6 +28,9 @@ class Method:
     """
     name = "?"
     references: frozenset = frozenset()
+    # Flags that scale terms able to outgrow the cross-entropy; the message of a diverged run
+    # names them next to --lr.
+    term_weight_flags: tuple = ()
 
     def __init__(self, num_old: int | None = None):
         self.num_old = num_old

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+import main
 import utils.checkpoint
 import utils.runner
 from conftest import REPO, assert_ok, common_args, file_hashes, run_script, script_command, script_env
+from methods import get_method, method_names
 from utils.checkpoint import atomic_save, read_checkpoint
 from utils.cli import default_output_dir, parse
+from utils.engine import NonFiniteLoss
 
 EPOCHS = 3
 
@@ -205,6 +208,20 @@ def test_exploding_loss_stops_before_the_first_checkpoint(tiny_data, tmp_path):
     assert "no good checkpoint yet" in line and "Lower --lr" in line
     assert file_hashes(save) == before
     assert not (tmp_path / "run" / "state.pth").exists()
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_non_finite_message_names_the_flags_that_weigh_the_method_terms(method, tmp_path):
+    """Logit-matching methods diverge at lr 0.1 with few classes; the message says what to lower,
+    and every flag it names is one that main.py takes."""
+    flags = get_method(method).term_weight_flags
+    message = utils.runner.non_finite_message(NonFiniteLoss(0, 5), tmp_path, [], 5, 10, flags)
+    assert message.startswith("the training loss became non-finite in epoch 1/5, step 6/10; ")
+    options = {opt for action in main.build_parser()._actions for opt in action.option_strings}
+    assert set(flags) <= options
+    for flag in ("--lr", *flags):
+        assert flag in message
+    assert ("--lm-weight 0.04" in message) == ("LM" in method and "ELODI" not in method)
 
 
 def test_nan_loss_names_the_last_good_checkpoint(call_script, tiny_data, tmp_path, monkeypatch):

@@ -256,7 +256,8 @@ def _run(args, role: str, update: Update | None) -> dict:
             stats = train_one_epoch(train_model, loader, optimizer, loss_fn, teachers, epoch,
                                     amp=amp, log_every=args.log_every)
         except NonFiniteLoss as err:
-            raise UserError(non_finite_message(err, out_dir, history, args.epochs, len(loader))) from None
+            raise UserError(non_finite_message(err, out_dir, history, args.epochs, len(loader),
+                                               getattr(loss_fn, "term_weight_flags", ()))) from None
         scheduler.step()
         metrics, pred = evaluate()
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats,
@@ -310,9 +311,10 @@ def write_log(out_dir: Path, history: list):
     os.replace(tmp, out_dir / LOG_FILE)
 
 
-def non_finite_message(err: NonFiniteLoss, out_dir: Path, history: list, epochs: int, steps: int) -> str:
-    """Where the loss broke down and which checkpoint is the last good one (epochs and steps
-    counted from 1, as in the progress lines)."""
+def non_finite_message(err: NonFiniteLoss, out_dir: Path, history: list, epochs: int, steps: int,
+                       weight_flags=()) -> str:
+    """Where the loss broke down, which checkpoint is the last good one (epochs and steps
+    counted from 1, as in the progress lines) and which flags to lower."""
     where = f"step {err.step + 1}/{steps}" if err.step is not None else "on another process"
     message = f"the training loss became non-finite in epoch {err.epoch + 1}/{epochs}, {where}; "
     if history:
@@ -320,8 +322,13 @@ def non_finite_message(err: NonFiniteLoss, out_dir: Path, history: list, epochs:
                     f"{history[-1]['epoch'] + 1}/{epochs}); ")
     else:
         message += "no epoch had finished, so this run has no good checkpoint yet; "
-    return message + ("nothing was overwritten. Lower --lr or check the data and hyperparameters, "
-                      "and start the run again")
+    lower = "--lr" if not weight_flags else f"--lr or {' / '.join(weight_flags)}"
+    message += f"nothing was overwritten. Lower {lower} or check the data and hyperparameters, "
+    if "--lm-weight" in weight_flags:
+        # Logit matching averages over classes: with few classes each logit's pull is larger.
+        message += ("(the logit-matching terms average over the classes, so with few classes they "
+                    "are stronger: on CIFAR-10 use about --lm-weight 0.04), ")
+    return message + "and start the run again"
 
 
 def read_state(out_dir: Path, args) -> dict:

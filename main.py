@@ -3,7 +3,7 @@ ER, NFR and Rel-NFR against the old model every epoch."""
 import math
 from pathlib import Path
 
-from methods import get_method, method_names
+from methods import get_method, hyperparameters, method_names
 from utils.cli import base_parser, default_output_dir, parse, validate
 from utils.errors import UserError, exit_on_user_error
 from utils.runner import Update, run
@@ -26,6 +26,17 @@ def build_parser():
     p.add_argument("--elodi-ensemble-weight", type=float, default=0.4)
     p.add_argument("--elodi-warmup", type=int, default=6, help="ELODI terms start at this 0-based epoch")
     return p
+
+
+# Keyword argument of the method classes -> main.py flag (as an attribute of the parsed args).
+METHOD_FLAGS = {"b": "b", "alpha": "alpha", "beta": "beta", "tau": "tau", "lm_weight": "lm_weight",
+                "topk": "topk", "old_weight": "elodi_old_weight",
+                "ensemble_weight": "elodi_ensemble_weight", "warmup_epochs": "elodi_warmup"}
+
+
+def method_flags(method: str) -> list:
+    """The flags whose values reach ``method``'s loss."""
+    return [flag for param, flag in METHOD_FLAGS.items() if param in hyperparameters(method)]
 
 
 def validate_method(args):
@@ -58,9 +69,7 @@ def main(argv=None):
     args = parse(build_parser(), argv, section="update")
     validate(args)
     validate_method(args)
-    loss_fn = get_method(args.method, b=args.b, alpha=args.alpha, beta=args.beta, tau=args.tau,
-                         lm_weight=args.lm_weight, topk=args.topk, old_weight=args.elodi_old_weight,
-                         ensemble_weight=args.elodi_ensemble_weight, warmup_epochs=args.elodi_warmup)
+    loss_fn = get_method(args.method, **{p: getattr(args, flag) for p, flag in METHOD_FLAGS.items()})
     ensemble = ensemble_members(args) if "ensemble" in loss_fn.references else []
     name = f"{args.dataset}-{args.arch}-{args.method}-b{args.b:g}-seed{args.seed}"
     args.output_dir = args.output_dir or str(default_output_dir("update", args, name))

@@ -7,9 +7,9 @@
 A method declares the reference models it needs (``loss_fn.references``, a subset of
 {"old", "new", "ensemble"}) so that the training loop runs no teacher it does not use.
 """
-from methods.registry import METHODS, Method, get_method, method_names, register
+from methods.registry import METHODS, Method, get_method, hyperparameters, method_names, register
 
 # Importing the families registers their methods.
 from methods import baseline, elodi, mpt, pct  # noqa: E402,F401
 
-__all__ = ["METHODS", "Method", "get_method", "method_names", "register"]
+__all__ = ["METHODS", "Method", "get_method", "hyperparameters", "method_names", "register"]

@@ -13,6 +13,7 @@ class ELODI(Method):
     references = frozenset({"old", "ensemble"})
     term_weight_flags = ("--elodi-old-weight", "--elodi-ensemble-weight")
     use_topk = False
+    ignored = frozenset({"topk"})
 
     def __init__(self, old_weight=0.6, ensemble_weight=0.4, warmup_epochs=6, topk=10, num_old=None):
         super().__init__(num_old)
@@ -39,3 +40,4 @@ class ELODI(Method):
 class ELODITopK(ELODI):
     """ELODI with each LM term restricted to the top-k logits of its reference."""
     use_topk = True
+    ignored = frozenset()

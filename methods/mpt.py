@@ -34,8 +34,10 @@ class _MPT(Method):
 def _variant(name, distance, biased):
     references = frozenset({"old", "new"}) if distance else frozenset()
     weights = ("--lm-weight",) if distance == "lm" else ()
-    cls = type(name.replace("_", ""), (_MPT,), {"distance": distance, "biased": biased,
-                                                "references": references, "term_weight_flags": weights})
+    unused = {"kl": {"lm_weight"}, "lm": {"tau"}, None: {"alpha", "beta", "tau", "lm_weight"}}[distance]
+    ignored = frozenset(unused if biased else unused | {"b"})
+    cls = type(name.replace("_", ""), (_MPT,), {"distance": distance, "biased": biased, "references": references,
+                                                "term_weight_flags": weights, "ignored": ignored})
     return register(name)(cls)
 
 

@@ -31,6 +31,8 @@ class Method:
     # Flags that scale terms able to outgrow the cross-entropy; the message of a diverged run
     # names them next to --lr.
     term_weight_flags: tuple = ()
+    # Constructor arguments this method takes but does not use (variants that share a class).
+    ignored: frozenset = frozenset()
 
     def __init__(self, num_old: int | None = None):
         self.num_old = num_old
@@ -51,11 +53,16 @@ class Method:
         return f"{self.name}({', '.join(f'{k}={v}' for k, v in params.items())})"
 
 
-def get_method(name: str, **hparams) -> Method:
-    """Build the loss of method ``name``; keyword arguments it does not take are ignored,
-    so that one set of command-line hyperparameters can build any method."""
+def hyperparameters(name: str) -> set:
+    """The hyperparameters (keyword arguments) that change method ``name``'s loss."""
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     cls = METHODS[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    return cls(**{k: v for k, v in hparams.items() if k in accepted})
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "num_old"} - cls.ignored
+
+
+def get_method(name: str, **hparams) -> Method:
+    """Build the loss of method ``name``; keyword arguments it does not take are ignored,
+    so that one set of command-line hyperparameters can build any method."""
+    accepted = hyperparameters(name) | METHODS[name].ignored | {"num_old"}
+    return METHODS[name](**{k: v for k, v in hparams.items() if k in accepted})

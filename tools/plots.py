@@ -136,13 +136,14 @@ def plot_embeddings(run_dirs, out: Path, data_root=None, batch_size=512, device=
 # Figure 4: the sweep of b
 # ---------------------------------------------------------------------------------------------
 def sweep_rows(folders) -> dict[TableKey, dict[str, list[Row]]]:
-    """For each table, the rows of each method that uses b, in increasing b."""
+    """For each table, the rows of each curve (a method that uses b, with its other settings),
+    in increasing b."""
     out = {}
     for key, rows in group(find_runs(folders)).items():
         by_method = {}
         for row in rows:
             if uses_b(row.method):
-                by_method.setdefault(row.method, []).append(row)
+                by_method.setdefault(row.curve, []).append(row)
         if by_method:
             out[key] = by_method
     if not out:

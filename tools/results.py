@@ -2,7 +2,9 @@
 
 A table is one (data set, old architecture -> new architecture) experiment; its rows are the
 reference models and the methods, one row per method and, for the methods that use the margin
-bias b, one row per value of b. The runs of a row (usually several seeds) are averaged.
+bias b, one row per value of b. Runs whose method hyperparameters (--lm-weight, --tau, ...) or
+--data-pipeline differ from main.py's defaults get rows of their own, labelled with them. The
+runs of a row (usually several seeds) are averaged.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
-from methods import METHODS
+from methods import hyperparameters
 from utils.checkpoint import read_checkpoint
 from utils.cli import NOT_IDENTITY
 from utils.errors import UserError
@@ -36,16 +38,38 @@ def warn(message: str):
 
 def uses_b(method: str | None) -> bool:
     """Whether --b changes what ``method`` trains (MPT's margin-calibrated variants)."""
-    return bool(getattr(METHODS.get(method), "biased", False))
+    try:
+        return "b" in hyperparameters(method)
+    except KeyError:  # the reference models, or a method this version does not know
+        return False
 
 
 @lru_cache(maxsize=None)
-def default_b(dataset: str) -> float:
-    """main.py's --b when not given, for ``dataset`` (ImageNet has its own): rows at this b are
-    labelled with the bare method name."""
+def main_defaults(dataset: str) -> dict:
+    """main.py's flag values when not given, for ``dataset`` (ImageNet has its own b): rows at
+    these values are labelled with the bare method name."""
     from main import build_parser
     from utils.cli import parse
-    return parse(build_parser(), ["--dataset", dataset]).b
+    return vars(parse(build_parser(), ["--dataset", dataset]))
+
+
+def unused_flags(method: str) -> set:
+    """main.py's method flags that do not reach ``method``'s loss."""
+    from main import METHOD_FLAGS, method_flags
+    try:
+        return set(METHOD_FLAGS.values()) - set(method_flags(method))
+    except KeyError:
+        return set()
+
+
+def settings(method: str, config: dict) -> tuple:
+    """(flag, value) pairs, other than b, where an update run departs from main.py's defaults in
+    a way that changes its result: the method's own hyperparameters and the data pipeline."""
+    from main import METHOD_FLAGS
+    flags = [f for f in METHOD_FLAGS.values() if f != "b" and f not in unused_flags(method)]
+    defaults = main_defaults(config["dataset"])
+    return tuple((f, config[f]) for f in (*flags, "data_pipeline")
+                 if f in config and config[f] != defaults[f])
 
 
 class TableKey(NamedTuple):
@@ -66,6 +90,7 @@ class Run:
     old_arch: str           # the old model's architecture (UNKNOWN when it cannot be found)
     method: str             # the method, or "Old model" / "New model"
     b: float | None         # only for the methods that use b
+    settings: tuple         # non-default hyperparameters, see settings()
     seed: int | None
     results: dict           # results.json
 
@@ -78,12 +103,24 @@ class Run:
 class Row:
     method: str
     b: float | None
+    settings: tuple
     runs: list
 
     @property
     def label(self) -> str:
-        show_b = self.b is not None and self.b != default_b(self.runs[0].dataset)
-        return f"{self.method} (b={self.b:g})" if show_b else self.method
+        """The method, with b where it is not the default and any other non-default setting."""
+        show_b = self.b is not None and self.b != main_defaults(self.runs[0].dataset)["b"]
+        return self._name([f"b={self.b:g}"] if show_b else [])
+
+    @property
+    def curve(self) -> str:
+        """The label without b: the rows of one curve of a sweep over b."""
+        return self._name([])
+
+    def _name(self, parts: list) -> str:
+        parts = parts + [f"{flag}={value:g}" if isinstance(value, float) else f"{flag}={value}"
+                         for flag, value in self.settings]
+        return f"{self.method} ({', '.join(parts)})" if parts else self.method
 
     def stat(self, metric: str, split: str = "test") -> tuple[float, float, int]:
         """(mean, sample standard deviation, number of values) of ``metric`` over the runs that
@@ -132,7 +169,8 @@ def _make_run(path: Path, r: dict, old_archs: dict) -> Run:
         old_arch = cfg["arch"] if role == "old" else UNKNOWN
         method = REFERENCES[role]
     b = float(cfg["b"]) if uses_b(method) and cfg.get("b") is not None else None
-    return Run(path, role, cfg["dataset"], cfg["arch"], old_arch, method, b, cfg.get("seed"), r)
+    extra = settings(method, cfg) if role == "update" else ()
+    return Run(path, role, cfg["dataset"], cfg["arch"], old_arch, method, b, extra, cfg.get("seed"), r)
 
 
 def _resolve(path: str) -> str:
@@ -172,7 +210,8 @@ def group(runs: list[Run]) -> dict[TableKey, list[Row]]:
         rows: dict[tuple, Row] = {}
         for run in runs:
             if belongs(run, key):
-                rows.setdefault((run.method, run.b), Row(run.method, run.b, [])).runs.append(run)
+                row_key = (run.method, run.b, run.settings)
+                rows.setdefault(row_key, Row(run.method, run.b, run.settings, [])).runs.append(run)
         tables[key] = sorted(rows.values(), key=_row_order)
         for row in tables[key]:
             _warn_if_mixed(key, row)
@@ -182,12 +221,12 @@ def group(runs: list[Run]) -> dict[TableKey, list[Row]]:
 def _row_order(row: Row):
     known = row.method in ROW_ORDER
     return (ROW_ORDER.index(row.method) if known else len(ROW_ORDER), "" if known else row.method,
-            -math.inf if row.b is None else row.b)
+            len(row.settings), str(row.settings), -math.inf if row.b is None else row.b)
 
 
 def _warn_if_mixed(key: TableKey, row: Row):
     """Averaging runs that differ in more than the seed would be misleading: say so."""
-    ignored = NOT_IDENTITY | {"seed"} | ({"b"} if row.b is None else set())
+    ignored = NOT_IDENTITY | {"seed"} | unused_flags(row.method)
     configs = [r.results["config"] for r in row.runs]
     differ = sorted(k for k in set().union(*configs) - ignored
                     if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1)

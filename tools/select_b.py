@@ -33,21 +33,22 @@ def choose_b(points: dict[float, tuple[float, float]], tolerance: float) -> floa
 
 
 def selections(folders, tolerance: float) -> list[dict]:
-    """One record per (table, method that uses b): the points of the sweep and the chosen b."""
+    """One record per (table, method that uses b with its other settings, as labelled in the
+    tables): the points of the sweep and the chosen b."""
     out = []
     for key, rows in group(find_runs(folders)).items():
-        methods = sorted({row.method for row in rows if uses_b(row.method)})
-        for method in methods:
+        curves = sorted({row.curve for row in rows if uses_b(row.method)})
+        for curve in curves:
             points = {}
             for row in rows:
                 er_all, _, n = row.stat("er_all", "val")
-                if row.method == method and n:
+                if row.curve == curve and n:
                     points[row.b] = {"b": row.b, "runs": len(row.runs), "val_er_all": er_all,
                                      "val_nfr": row.stat("nfr", "val")[0]}
             if not points:
                 continue
             record = {"dataset": key.dataset, "old_arch": key.old_arch, "new_arch": key.new_arch,
-                      "method": method, "tolerance": tolerance, "points": sorted(points.values(), key=lambda p: p["b"])}
+                      "method": curve, "tolerance": tolerance, "points": sorted(points.values(), key=lambda p: p["b"])}
             try:
                 record["b"] = choose_b({b: (p["val_er_all"], p["val_nfr"]) for b, p in points.items()}, tolerance)
             except UserError as err:

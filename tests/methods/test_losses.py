@@ -3,6 +3,7 @@
 Notation: z = updated-model logits (C columns), z_old = z[:, :C_old], old = old-model
 logits, new = new reference logits (for ELODI, the ensemble-mean logits).
 """
+import inspect
 import math
 
 import numpy as np
@@ -253,3 +254,23 @@ def test_unknown_method():
     assert "No_Such_Method" in message
     for name in ALL_METHODS:
         assert name in message
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_hyperparameters_are_exactly_those_that_change_the_loss(name):
+    """hyperparameters(name) lists what reaches the loss (the tables label rows with it): each one
+    changes the loss on the example; every other argument of the constructor changes nothing.
+    ELODI's weights get other values than the defaults' so that its top-k changes the mask."""
+    from methods import METHODS, hyperparameters
+
+    accepted = set(inspect.signature(METHODS[name].__init__).parameters) - {"self", "num_old"}
+    base = dict(DEFAULTS, old_weight=0.6, ensemble_weight=0.4, warmup_epochs=6)
+    other = dict(OTHER, old_weight=0.9, ensemble_weight=0.1, warmup_epochs=0)
+    base["topk"], other["topk"] = 4, 1
+    reference = call(name, epoch=6, **base)
+    changes = {p for p in accepted
+               if not math.isclose(call(name, epoch=6, **dict(base, **{p: other[p]})), reference)}
+    if "warmup_epochs" in accepted:  # the schedule starts at epoch 6 either way: try epoch 3
+        changes |= {"warmup_epochs"} if call(name, epoch=3, **base) != call(
+            name, epoch=3, **dict(base, warmup_epochs=0)) else set()
+    assert changes == hyperparameters(name)

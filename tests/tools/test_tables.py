@@ -103,3 +103,21 @@ def test_b_is_shown_where_it_is_not_the_data_sets_default(tmp_path, fake_run):
     fake_run(tmp_path / "c", dataset="cifar100", b=4.0, nfr=1.0)   # CIFAR's default b
     labels = {k.dataset: [r.label for r in rows] for k, rows in group(find_runs([tmp_path])).items()}
     assert labels == {"cifar100": ["MPT_KL"], "imagenet": ["MPT_KL", "MPT_KL (b=4)"]}
+
+
+def test_non_default_method_settings_and_pipeline_get_rows_of_their_own(tmp_path, fake_run, capsys):
+    """An --lm-weight sweep or a --data-pipeline pil control is not averaged into the default
+    rows; a flag the method does not use (MPT_KL has no --lm-weight) changes nothing."""
+    fake_run(tmp_path / "lm", method="MPT_LM", nfr=1.0)
+    fake_run(tmp_path / "lm_small", method="MPT_LM", nfr=2.0, config={"lm_weight": 0.04})
+    fake_run(tmp_path / "lm_small_b2", method="MPT_LM", b=2.0, nfr=3.0, config={"lm_weight": 0.04})
+    fake_run(tmp_path / "kl", method="MPT_KL", seed=1, nfr=4.0, config={"lm_weight": 0.4})
+    fake_run(tmp_path / "kl2", method="MPT_KL", seed=2, nfr=6.0, config={"lm_weight": 0.04})
+    fake_run(tmp_path / "nt", method="No_Treatment", nfr=7.0, config={"data_pipeline": "tensor"})
+    fake_run(tmp_path / "nt_pil", method="No_Treatment", nfr=8.0, config={"data_pipeline": "pil"})
+    rows = next(iter(group(find_runs([tmp_path])).values()))
+    assert [(r.label, r.stat("nfr")[0]) for r in rows] == [
+        ("No_Treatment", 7.0), ("No_Treatment (data_pipeline=pil)", 8.0), ("MPT_KL", 5.0),
+        ("MPT_LM", 1.0), ("MPT_LM (b=2, lm_weight=0.04)", 3.0), ("MPT_LM (lm_weight=0.04)", 2.0)]
+    assert [r.curve for r in rows[-2:]] == ["MPT_LM (lm_weight=0.04)"] * 2
+    assert "differ in" not in capsys.readouterr().err

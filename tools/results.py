@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass
@@ -132,13 +133,29 @@ class Row:
         return mean, std, len(values)
 
 
-def find_runs(folders) -> list[Run]:
-    """Every run whose results.json lies somewhere under ``folders``."""
-    files = []
+def results_files(folders) -> list[Path]:
+    """The results.json files under ``folders``, through symbolic links too (a sweep may link
+    runs made elsewhere), each file once however many paths lead to it."""
+    files, seen_files, seen_dirs = [], set(), set()
     for folder in map(Path, folders):
         if not folder.is_dir():
             raise UserError(f"{folder} is not a folder; give folders that hold run folders")
-        files += sorted(folder.rglob("results.json"))
+        for root, dirs, names in os.walk(folder, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen_dirs:  # a link cycle, or a folder already walked through another path
+                dirs.clear()
+                continue
+            seen_dirs.add(real)
+            dirs.sort()
+            if "results.json" in names and (real_file := os.path.join(real, "results.json")) not in seen_files:
+                seen_files.add(real_file)
+                files.append(Path(root) / "results.json")
+    return files
+
+
+def find_runs(folders) -> list[Run]:
+    """Every run whose results.json lies somewhere under ``folders``."""
+    files = results_files(folders)
     records = []
     for f in files:
         try:

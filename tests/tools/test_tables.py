@@ -121,3 +121,14 @@ def test_non_default_method_settings_and_pipeline_get_rows_of_their_own(tmp_path
         ("MPT_LM", 1.0), ("MPT_LM (b=2, lm_weight=0.04)", 3.0), ("MPT_LM (lm_weight=0.04)", 2.0)]
     assert [r.curve for r in rows[-2:]] == ["MPT_LM (lm_weight=0.04)"] * 2
     assert "differ in" not in capsys.readouterr().err
+
+
+def test_linked_runs_are_found_once(tmp_path, fake_run):
+    """A sweep folder may link runs made elsewhere; a link cycle does not hang the search."""
+    fake_run(tmp_path / "update" / "b4", b=4.0, nfr=1.0)
+    fake_run(tmp_path / "sweep" / "b2", b=2.0, nfr=2.0)
+    (tmp_path / "sweep" / "b4").symlink_to(tmp_path / "update" / "b4")
+    (tmp_path / "sweep" / "loop").symlink_to(tmp_path / "sweep")
+    assert [r.label for r in next(iter(group(find_runs([tmp_path / "sweep"])).values()))] == [
+        "MPT_KL (b=2)", "MPT_KL"]
+    assert [len(r.runs) for r in next(iter(group(find_runs([tmp_path])).values()))] == [1, 1]

@@ -69,4 +69,4 @@ done
 $PY -m tools.tables "$OUT/old" "$OUT/new" "$OUT/update" "$OUT/pil" "$OUT/sweep" --out "$OUT"
 $PY -m tools.plots b-sweep "$OUT/sweep" --out "$OUT/b_sweep.png"
 $PY -m tools.plots embeddings "$OUT/fig3/old" "$OUT/fig3/new" "$OUT/fig3/No_Treatment" "$OUT/fig3/MPT_KL" \
-  --out "$OUT/embeddings.png"
+  --max-points 4000 --out "$OUT/embeddings.png"

@@ -40,6 +40,31 @@ def write_tiny_dataset(root: Path, num_classes: int = NUM_CLASSES, train: int = 
     return root
 
 
+def write_cifar_pickles(root: Path, name: str, train_batches: int = 2, per_batch: int = 20, test: int = 10):
+    """torchvision's pickled CIFAR layout with random images (no checksums match)."""
+    import pickle
+
+    import numpy as np
+
+    folder_name, labels_key = {"cifar10": ("cifar-10-batches-py", "labels"),
+                               "cifar100": ("cifar-100-python", "fine_labels")}[name]
+    classes = 10 if name == "cifar10" else 100
+    folder = root / folder_name
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    files = [f"data_batch_{i + 1}" for i in range(train_batches)] if name == "cifar10" else ["train"]
+    written = {}
+    for file, n in [*((f, per_batch) for f in files), ("test_batch" if name == "cifar10" else "test", test)]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 labels_key: rng.integers(0, classes, n).tolist()}
+        (folder / file).write_bytes(pickle.dumps(batch))
+        written[file] = batch
+    names = [f"class{c}" for c in range(classes)]
+    meta_file, names_key = ("batches.meta", "label_names") if name == "cifar10" else ("meta", "fine_label_names")
+    (folder / meta_file).write_bytes(pickle.dumps({names_key: names}))
+    return folder, written, names
+
+
 def write_tiny_imagenet(root: Path, num_classes: int = 4, train: int = 6, val: int = 2, seed: int = 0) -> Path:
     """An ImageNet-style folder root/{train,val}/<wnid>/*.JPEG of small JPEGs of a few sizes
     (crops and resizes must cope), each class with its own mean colour."""

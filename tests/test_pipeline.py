@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import NUM_OLD, common_args, run_inline
+from conftest import NUM_OLD, common_args, run_inline, write_cifar_pickles
 from methods import method_names
 
 
@@ -69,3 +69,13 @@ def test_distinct_runs_get_distinct_default_folders(tiny_data, old_ckpt, new_ckp
                    "--old-ckpt", old_ckpt, "--new-ckpt", new_ckpt)
     folders = sorted(p.parent.name for p in tmp_path.glob("runs/update/*/results.json"))
     assert len(folders) == 2 and "b1-" in folders[0] and "b2-" in folders[1]
+
+
+def test_scripts_read_torchvision_pickles_offline(tmp_path):
+    """A --data-root with torchvision's cifar-10-batches-py files (here generated, so no checksum
+    matches) trains without a download attempt."""
+    write_cifar_pickles(tmp_path / "data", "cifar10", train_batches=2, per_batch=40, test=20)
+    metrics = run_inline("train_old_model.py", *common_args(tmp_path / "data"), "--output-dir", tmp_path / "old",
+                         "--save", tmp_path / "old.pth")
+    results = json.loads((tmp_path / "old" / "results.json").read_text())
+    assert results["er_old"] == metrics["er_old"] and 0 <= metrics["er_old"] <= 100

@@ -185,13 +185,31 @@ def _read_split(folder: Path, classes: list) -> ImageSet:
     return ImageSet(torch.stack(images), torch.tensor(targets, dtype=torch.int64))
 
 
+# torchvision's CIFAR layout: the extracted folder, its training and test files, the class names.
+CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", "data_batch_*", "test_batch", "batches.meta", "label_names", "labels"),
+    "cifar100": ("cifar-100-python", "train", "test", "meta", "fine_label_names", "fine_labels"),
+}
+
+
 def _load_torchvision_cifar(name: str, root: Path, download: bool) -> Dataset:
+    """torchvision's pickled CIFAR files under ``root`` (or ``root`` itself being their folder),
+    read directly: no checksum, so a subset or a re-pickled copy loads too. When absent, they are
+    downloaded through torchvision."""
+    folder_name = CIFAR_FILES[name][0]
+    folder = root if root.name == folder_name else root / folder_name
+    if not folder.is_dir():
+        _download_cifar(name, root, download)
+    return _read_cifar_pickles(name, folder)
+
+
+def _download_cifar(name: str, root: Path, download: bool):
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     created = not root.exists()
     try:
-        train, test = (cls(str(root), train=t, download=download) for t in (True, False))
+        cls(str(root), train=True, download=download)
     except (RuntimeError, OSError) as err:  # absent and not downloadable (offline, unwritable, corrupt)
         if created and root.is_dir() and not any(root.iterdir()):
             root.rmdir()  # the download attempt made it: leave no empty folder behind
@@ -200,11 +218,38 @@ def _load_torchvision_cifar(name: str, root: Path, download: bool) -> Dataset:
             f"folder with torchvision's {name} files, or an image-folder layout train/<class>/*.png "
             "and test/<class>/*.png, or run once with network access") from None
 
-    def to_set(ds):
-        images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-        return ImageSet(images, torch.tensor(ds.targets, dtype=torch.int64))
 
-    return Dataset(name, list(train.classes), to_set(train), to_set(test))
+def _read_cifar_pickles(name: str, folder: Path) -> Dataset:
+    import pickle
+
+    _, train_glob, test_file, meta_file, names_key, labels_key = CIFAR_FILES[name]
+
+    def load(path: Path) -> dict:
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f, encoding="latin1")
+        except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
+            raise UserError(f"cannot read {path} ({err}); is it one of torchvision's {name} files?") from None
+
+    def split(paths: list, expected: str) -> ImageSet:
+        if not paths:
+            raise UserError(f"{folder} has no {expected}; expected torchvision's {name} files")
+        images, targets = [], []
+        for path in paths:
+            batch = load(path)
+            try:
+                images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                targets += list(batch[labels_key])
+            except (KeyError, ValueError, TypeError) as err:
+                raise UserError(f"{path} is not a {name} batch ({err!r})") from None
+        return ImageSet(torch.from_numpy(np.concatenate(images)), torch.tensor(targets, dtype=torch.int64))
+
+    train_paths = sorted(folder.glob(train_glob))
+    test_paths = [folder / test_file] if (folder / test_file).is_file() else []
+    train, test = split(train_paths, train_glob), split(test_paths, test_file)
+    meta = folder / meta_file
+    classes = list(load(meta)[names_key]) if meta.is_file() else [str(c) for c in range(DATASETS[name])]
+    return Dataset(name, classes, train, test)
 
 
 def stratified_split(targets: torch.Tensor, fraction: float, seed: int):

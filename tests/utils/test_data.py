@@ -10,6 +10,7 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.io import write_png
 
+from conftest import write_cifar_pickles
 from utils.data import (CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, load_dataset,
                         num_old_classes, random_crop_flip, stratified_split)
 from utils.errors import UserError
@@ -253,6 +254,34 @@ def test_load_dataset_reads_an_image_folder(tmp_path):
 
     with pytest.raises(UserError, match="100"):
         load_dataset("cifar100", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_load_dataset_reads_torchvision_pickles_without_checksums(tmp_path, name):
+    """Generated or re-pickled files in torchvision's layout load offline, given the folder that
+    holds them or the folder itself; the images keep their bytes and order."""
+    folder, written, names = write_cifar_pickles(tmp_path, name)
+    for root in (tmp_path, folder):
+        data = load_dataset(name, root)
+        assert data.classes == names
+        train_files = [f for f in written if f not in ("test_batch", "test")]
+        expected = np.concatenate([written[f]["data"] for f in train_files]).reshape(-1, 3, 32, 32)
+        assert torch.equal(data.train.images, torch.from_numpy(expected))
+        labels = "labels" if name == "cifar10" else "fine_labels"
+        assert data.train.targets.tolist() == sum((written[f][labels] for f in train_files), [])
+        test_file = "test_batch" if name == "cifar10" else "test"
+        assert data.test.images.shape == (10, 3, 32, 32)
+        assert data.test.targets.tolist() == written[test_file][labels]
+
+
+def test_broken_torchvision_pickles_are_named(tmp_path):
+    folder, _, _ = write_cifar_pickles(tmp_path, "cifar10")
+    (folder / "test_batch").unlink()
+    with pytest.raises(UserError, match="has no test_batch"):
+        load_dataset("cifar10", tmp_path)
+    (folder / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match="cannot read .*test_batch"):
+        load_dataset("cifar10", tmp_path)
 
 
 def test_num_old_classes():

@@ -58,7 +58,8 @@ BS="0 2 8" METHODS=MPT_KL SEEDS=42 PYTHON=$PY tools/sweep_b.sh "$OUT/sweep" "${C
 BS="0 2 4" METHODS=MPT_LM SEEDS=42 PYTHON=$PY tools/sweep_b.sh "$OUT/sweep" "${C[@]}" "${REFS[@]}" "${LM[@]}"
 
 # Figure 3: the reference models and MPT_KL (b = 4 and 1) with a 2-d embedding. No_Treatment is not
-# run: with seed 42 it trains the new reference model again, bit for bit.
+# run: with seed 42 it trains the new reference model again, bit for bit. The config trains the
+# updated models at lr 0.05 (see there).
 E2=("${C[@]}" --config configs/cifar10_embed2.yaml)
 [ -f "$OUT/fig3/ckpt_old.pth" ] || $PY train_old_model.py "${E2[@]}" --save "$OUT/fig3/ckpt_old.pth" --output-dir "$OUT/fig3/old"
 [ -f "$OUT/fig3/ckpt_new.pth" ] || $PY train_new_model.py "${E2[@]}" --save "$OUT/fig3/ckpt_new.pth" --output-dir "$OUT/fig3/new"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's CPU-scale results: CIFAR-10 (5 old -> 10 classes), torchvision ResNet-18 from
 # scratch, 5 epochs for every model, the official hyperparameters otherwise.
-#   tools/cpu_reproduction.sh DATA_ROOT [OUT]        (about 5 hours on 2 CPU cores)
+#   tools/cpu_reproduction.sh DATA_ROOT [OUT]        (about 4.5 hours on 2 CPU cores)
 # DATA_ROOT: CIFAR-10 in torchvision's format or as train/<class>/* + test/<class>/* folders.
 # Finished runs are skipped, so the command can be repeated after an interruption.
 # Environment: EPOCHS=5 (every model), SEEDS="42 43 44" (the table's and the fidelity runs'),
@@ -57,9 +57,8 @@ done
 BS="0 2 8" METHODS=MPT_KL SEEDS=42 PYTHON=$PY tools/sweep_b.sh "$OUT/sweep" "${C[@]}" "${REFS[@]}"
 BS="0 2 4" METHODS=MPT_LM SEEDS=42 PYTHON=$PY tools/sweep_b.sh "$OUT/sweep" "${C[@]}" "${REFS[@]}" "${LM[@]}"
 
-# Figure 3: the reference models and MPT_KL (b = 4 and 1) with a 2-d embedding. No_Treatment is not
-# run: with seed 42 it trains the new reference model again, bit for bit. The config trains the
-# updated models at lr 0.05 (see there).
+# Figure 3: the reference models, No_Treatment and MPT_KL (b = 4 and 1) with a 2-d embedding. The
+# config trains the updated models at lr 0.05 (see there).
 E2=("${C[@]}" --config configs/cifar10_embed2.yaml)
 [ -f "$OUT/fig3/ckpt_old.pth" ] || $PY train_old_model.py "${E2[@]}" --save "$OUT/fig3/ckpt_old.pth" --output-dir "$OUT/fig3/old"
 [ -f "$OUT/fig3/ckpt_new.pth" ] || $PY train_new_model.py "${E2[@]}" --save "$OUT/fig3/ckpt_new.pth" --output-dir "$OUT/fig3/new"
@@ -67,10 +66,11 @@ fig3() {  # FOLDER METHOD B
   [ -f "$OUT/fig3/$1/results.json" ] || $PY main.py "${E2[@]}" --method "$2" --b "$3" \
     --old-ckpt "$OUT/fig3/ckpt_old.pth" --new-ckpt "$OUT/fig3/ckpt_new.pth" --output-dir "$OUT/fig3/$1"
 }
+fig3 No_Treatment No_Treatment 4.0
 fig3 MPT_KL MPT_KL 4.0
 fig3 MPT_KL-b1 MPT_KL 1.0
 
 $PY -m tools.tables "$OUT/old" "$OUT/new" "$OUT/update" "$OUT/pil" "$OUT/sweep" --out "$OUT"
 $PY -m tools.plots b-sweep "$OUT/sweep" --out "$OUT/b_sweep.png"
-$PY -m tools.plots embeddings "$OUT/fig3/old" "$OUT/fig3/new" "$OUT/fig3/MPT_KL-b1" "$OUT/fig3/MPT_KL" \
-  --max-points 4000 --out "$OUT/embeddings.png"
+$PY -m tools.plots embeddings "$OUT/fig3/old" "$OUT/fig3/new" "$OUT/fig3/No_Treatment" "$OUT/fig3/MPT_KL-b1" \
+  "$OUT/fig3/MPT_KL" --max-points 4000 --out "$OUT/embeddings.png"

@@ -14,6 +14,10 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 SCRIPTS = {"old": train_old_model, "new": train_new_model, "update": main}
 
 
+def shipped(name: str) -> Path:
+    return CONFIGS[[p.stem for p in CONFIGS].index(name)]
+
+
 def parsed(section, config, *argv):
     return parse(SCRIPTS[section].build_parser(), ["--config", str(config), *argv], section=section)
 
@@ -81,15 +85,14 @@ def test_shipped_configs_are_valid_for_every_script(config):
 def test_the_shipped_configs_cover_the_paper():
     assert {p.stem for p in CONFIGS} >= {"cifar100_resnet18", "cifar100_resnet18_to_resnet50",
                                          "imagenet_resnet18", "cifar100_vit_b32", "cifar10_embed2"}
-    table2 = {s: parsed(s, CONFIGS[[p.stem for p in CONFIGS].index("cifar100_resnet18_to_resnet50")])
-              for s in SCRIPTS}
+    table2 = {s: parsed(s, shipped("cifar100_resnet18_to_resnet50")) for s in SCRIPTS}
     assert (table2["old"].arch, table2["new"].arch, table2["update"].arch) == ("resnet18", "resnet50", "resnet50")
 
 
 def test_figure3_trains_the_updated_models_at_the_stable_lr():
     """Through the 2-d bottleneck MPT_KL diverges at lr 0.1 (see the config): the reference
     models keep the official lr, the updated models train at 0.05."""
-    embed2 = CONFIGS[[p.stem for p in CONFIGS].index("cifar10_embed2")]
+    embed2 = shipped("cifar10_embed2")
     lrs = {s: parsed(s, embed2).lr for s in SCRIPTS}
     assert lrs == {"old": 0.1, "new": 0.1, "update": 0.05}
     assert parsed("update", embed2).embed_dim == 2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's CPU-scale results: CIFAR-10 (5 old -> 10 classes), torchvision ResNet-18 from
 # scratch, 5 epochs for every model, the official hyperparameters otherwise.
-#   tools/cpu_reproduction.sh DATA_ROOT [OUT]        (about 4.5 hours on 2 CPU cores)
+#   tools/cpu_reproduction.sh DATA_ROOT [OUT]        (about 4.5 hours on 2 CPU cores, estimated)
 # DATA_ROOT: CIFAR-10 in torchvision's format or as train/<class>/* + test/<class>/* folders.
 # Finished runs are skipped, so the command can be repeated after an interruption.
 # Environment: EPOCHS=5 (every model), SEEDS="42 43 44" (the table's and the fidelity runs'),

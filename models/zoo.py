@@ -9,12 +9,14 @@
 ``embed_dim`` inserts a linear bottleneck of that size before the classifier (the paper's
 128-d ImageNet embedding, or a 2-d space for Figure 3); the model then exposes ``features(x)``.
 ``pretrained`` loads torchvision's ImageNet-1k weights into the backbone; where they cannot be
-had (no network and no cached copy) the backbone keeps random weights and a warning says so.
+had (no network and no cached copy) that is an error, unless ``allow_random_weights``.
 """
 import sys
 
 from torch import nn
 from torchvision import models as tvm
+
+from utils.errors import UserError
 
 PRETRAINED = "IMAGENET1K_V1"  # the one ImageNet-1k weight set every architecture here has
 VIT_PATCH = 32
@@ -25,8 +27,10 @@ class Classifier(nn.Module):
 
     ``features`` returns what the head sees, so embeddings can be plotted or cached."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, embed_dim: int | None):
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, embed_dim: int | None,
+                 weights: str | None = None):
         super().__init__()
+        self.weights = weights  # the pretrained weights the backbone started from, or None
         self.backbone = backbone
         self.embed = nn.Linear(feature_dim, embed_dim) if embed_dim else nn.Identity()
         self.fc = nn.Linear(embed_dim or feature_dim, num_classes)
@@ -49,38 +53,45 @@ class Classifier(nn.Module):
                 layer.reset_parameters()
 
 
-def load_pretrained(net: nn.Module, arch: str):
-    """torchvision's ImageNet-1k weights into ``net``, or a warning and random weights."""
+def load_pretrained(net: nn.Module, arch: str, allow_random_weights: bool = False) -> str | None:
+    """torchvision's ImageNet-1k weights into ``net``; returns their name. Where they cannot be
+    loaded (offline, proxy, corrupt download) that is an error, unless ``allow_random_weights``:
+    then a warning, random weights, and None."""
     weights = tvm.get_model_weights(arch)[PRETRAINED]
     try:
         net.load_state_dict(weights.get_state_dict(progress=False, check_hash=True))
-    except (OSError, RuntimeError, ValueError) as err:  # offline, proxy, or a corrupt download
-        print(f"warning: cannot load the pretrained {arch} weights {weights} ({type(err).__name__}: "
-              f"{err}); the backbone starts from RANDOM weights", file=sys.stderr, flush=True)
+        return str(weights)
+    except (OSError, RuntimeError, ValueError) as err:
+        reason = f"cannot load the pretrained {arch} weights {weights} ({type(err).__name__}: {err})"
+    if not allow_random_weights:
+        raise UserError(f"{reason}; fetch them ahead of time on a machine with network access "
+                        f"(python -c \"import torchvision; torchvision.models.get_model_weights('{arch}')"
+                        f".{PRETRAINED}.get_state_dict()\") and copy $TORCH_HOME/hub/checkpoints here, "
+                        "or pass --allow-random-weights to go on with a random backbone knowingly")
+    print(f"warning: {reason}; the backbone starts from RANDOM weights", file=sys.stderr, flush=True)
+    return None
 
 
 def _resnet(ctor, cifar_stem: bool):
     def build(num_classes: int, embed_dim: int | None = None, image_size: int | None = None,
-              pretrained: bool = False):
+              pretrained: bool = False, allow_random_weights: bool = False):
         net = ctor()
-        if pretrained:
-            load_pretrained(net, ctor.__name__)
+        weights = load_pretrained(net, ctor.__name__, allow_random_weights) if pretrained else None
         if cifar_stem:
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
         feature_dim = net.fc.in_features
         net.fc = nn.Identity()
-        return Classifier(net, feature_dim, num_classes, embed_dim)
+        return Classifier(net, feature_dim, num_classes, embed_dim, weights)
     return build
 
 
 def _vit_b_32(num_classes: int, embed_dim: int | None = None, image_size: int | None = None,
-              pretrained: bool = False):
+              pretrained: bool = False, allow_random_weights: bool = False):
     net = tvm.vit_b_32(image_size=image_size or 224)
-    if pretrained:
-        load_pretrained(net, "vit_b_32")
+    weights = load_pretrained(net, "vit_b_32", allow_random_weights) if pretrained else None
     net.heads = nn.Identity()  # the backbone returns the class token's representation
-    return Classifier(net, net.hidden_dim, num_classes, embed_dim)
+    return Classifier(net, net.hidden_dim, num_classes, embed_dim, weights)
 
 
 ARCHS = {
@@ -92,8 +103,9 @@ ARCHS = {
 
 
 def build_model(arch: str, num_classes: int, embed_dim: int | None = None, *,
-                image_size: int | None = None, pretrained: bool = False) -> nn.Module:
+                image_size: int | None = None, pretrained: bool = False,
+                allow_random_weights: bool = False) -> nn.Module:
     """``image_size`` matters to the ViT only (the ResNets take any input size)."""
     if arch not in ARCHS:
         raise KeyError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
-    return ARCHS[arch](num_classes, embed_dim, image_size, pretrained)
+    return ARCHS[arch](num_classes, embed_dim, image_size, pretrained, allow_random_weights)

@@ -1,7 +1,6 @@
-"""Training and inference loops, shared by the three scripts."""
+"""Training and inference loops, and the preparation of the teachers they run."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import sys
 
@@ -11,26 +10,22 @@ from torch.func import functional_call
 from torch.fx.experimental.optimization import fuse
 from tqdm import tqdm
 
+from utils.device import autocast, prefers_channels_last
 from utils.distributed import all_reduce_sum
 from utils.errors import UserError
 
 
 class NonFiniteLoss(UserError):
     """The training loss became NaN or infinite in ``epoch`` at ``step`` (both 0-based; step is
-    None when another process saw it). The runner adds the last good checkpoint to the message."""
+    None when another process saw it). ``terms``: the loss terms' values on that batch;
+    ``teacher_max``: each reference model's largest |logit| on it. The runner turns these facts
+    into advice (utils/runner.py, ``non_finite_message``)."""
 
-    def __init__(self, epoch: int, step: int | None):
+    def __init__(self, epoch: int, step: int | None, terms: dict | None = None, teacher_max: dict | None = None):
         self.epoch, self.step = epoch, step
+        self.terms, self.teacher_max = terms or {}, teacher_max or {}
         where = f"step {step + 1}" if step is not None else "on another process"
-        super().__init__(f"the training loss became non-finite in epoch {epoch + 1}, {where}; "
-                         "lower --lr or check the inputs")
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA; a no-op elsewhere or when disabled (bit-faithful fp32)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        super().__init__(f"the training loss became non-finite in epoch {epoch + 1}, {where}")
 
 
 class EnsembleMean(nn.Module):
@@ -78,19 +73,31 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return fuse(model.eval())
 
 
+def prepare_teacher(model: nn.Module, device: torch.device, fast: bool = False) -> nn.Module:
+    """An inference-only copy on ``device`` (channels-last where that is faster); with ``fast``,
+    BatchNorm folded into the convolutions (``utils.device.fast_teachers`` says where)."""
+    model = model.eval().requires_grad_(False)
+    if fast:
+        model = fold_batchnorm(model)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if prefers_channels_last(device) else model
+
+
 class Teachers:
-    """The reference models a method needs, run in inference mode on each training batch."""
+    """The reference models a method needs, run in inference mode on each training batch:
+    ``old`` (the old model) and ``new`` (the new reference model, or ELODI's ensemble mean)."""
 
     def __init__(self, old: nn.Module | None = None, new: nn.Module | None = None):
         self.old, self.new = old, new
 
     @torch.inference_mode()
-    def __call__(self, x, amp: bool) -> dict:
+    def __call__(self, x, precision: str = "fp32", wanted=frozenset({"old", "new", "ensemble"})) -> dict:
+        """The logits of the teachers in ``wanted`` (a method's references this epoch)."""
         out = {}
-        with autocast(x.device, amp):
-            if self.old is not None:
+        with autocast(x.device, precision):
+            if self.old is not None and "old" in wanted:
                 out["old_logits"] = self.old(x).float()
-            if self.new is not None:
+            if self.new is not None and wanted & {"new", "ensemble"}:
                 out["new_logits"] = self.new(x).float()
         return out
 
@@ -100,30 +107,49 @@ def progress(iterable, **kwargs):
     return tqdm(iterable, disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True, **kwargs)
 
 
+def loss_terms(loss_fn, logits, targets, epoch: int, refs: dict) -> dict:
+    """The named terms of the loss (a method's ``loss_terms``; a plain callable is one term)."""
+    if hasattr(loss_fn, "loss_terms"):
+        return loss_fn.loss_terms(logits, targets, epoch=epoch, **refs)
+    return {"loss": loss_fn(logits, targets, epoch=epoch, **refs)}
+
+
 def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch: int, *,
-                    amp: bool = True, log_every: int = 50) -> dict:
-    """One pass over ``loader``. Losses stay on the device and are read every ``log_every``
-    steps, so the step itself never waits for the host."""
+                    precision: str = "fp32", log_every: int = 50) -> dict:
+    """One pass over ``loader``; returns the mean loss, the training error and the mean of each
+    loss term. Everything is summed on the device and read every ``log_every`` steps, so a step
+    never waits for the host. The first non-finite step keeps its terms and the teachers'
+    largest |logit| on the device, for the error's advice."""
     model.train()
     device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    wanted = getattr(loss_fn, "references_at", lambda e: frozenset({"old", "new", "ensemble"}))(epoch)
+    names, sums, bad_values = None, None, None
     errors = torch.zeros((), device=device, dtype=torch.int64)
     first_bad = torch.full((), -1, device=device, dtype=torch.int64)
     seen = 0
     bar = progress(loader, desc=f"epoch {epoch}", total=len(loader))
     for step, (x, y) in enumerate(bar):
-        refs = teachers(x, amp)
-        with autocast(device, amp):
+        refs = teachers(x, precision, wanted)
+        with autocast(device, precision):
             logits = model(x)
-        loss = loss_fn(logits.float(), y, epoch=epoch, **refs)
+        terms = loss_terms(loss_fn, logits.float(), y, epoch, refs)
+        loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-        detached = loss.detach()
+        # One vector per step: the loss, its terms, then each teacher's largest |logit|.
+        values = torch.stack([loss.detach(), *(t.detach() for t in terms.values()),
+                              *(r.abs().amax() for r in refs.values())])
+        if names is None:
+            names = list(terms)
+            sums = torch.zeros(1 + len(names), device=device, dtype=torch.float64)
+            bad_values = torch.zeros_like(values)
+        is_first_bad = ~torch.isfinite(values[0]) & (first_bad < 0)
+        bad_values = torch.where(is_first_bad, values, bad_values)
         # A Python scalar fill: no host-to-device copy (and so no sync) in the step.
-        first_bad.masked_fill_(~torch.isfinite(detached) & (first_bad < 0), step)
-        loss_sum += detached * len(y)
+        first_bad.masked_fill_(is_first_bad, step)
+        sums += values[:1 + len(names)] * len(y)
         errors += (logits.detach().argmax(1) != y).sum()
         seen += len(y)
         if (step + 1) % log_every == 0 or step + 1 == len(loader):
@@ -131,19 +157,22 @@ def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch
             # waiting for it in the next gradient all-reduce.
             if all_reduce_sum((first_bad >= 0).to(torch.int64)).item() > 0:
                 bad_step = int(first_bad.item())
-                raise NonFiniteLoss(epoch, bad_step if bad_step >= 0 else None)
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
-    totals = all_reduce_sum(torch.stack([loss_sum, errors.double(), torch.tensor(seen, device=device, dtype=torch.float64)]))
-    loss_total, error_total, seen_total = totals.tolist()
-    return {"loss": loss_total / seen_total, "train_er": 100.0 * error_total / seen_total}
+                bad = bad_values.tolist()
+                teacher_names = [k.removesuffix("_logits") for k in refs]
+                raise NonFiniteLoss(epoch, bad_step if bad_step >= 0 else None,
+                                    dict(zip(names, bad[1:1 + len(names)])),
+                                    dict(zip(teacher_names, bad[1 + len(names):])))
+            bar.set_postfix(loss=f"{sums[0].item() / seen:.4f}")
+    totals = all_reduce_sum(torch.cat([sums, torch.stack([errors.double(),
+                                       torch.tensor(float(seen), device=device, dtype=torch.float64)])]))
+    *term_sums, error_total, seen_total = totals.tolist()
+    return {"loss": term_sums[0] / seen_total, "train_er": 100.0 * error_total / seen_total,
+            "terms": {name: v / seen_total for name, v in zip(names, term_sums[1:])}}
 
 
 @torch.inference_mode()
-def predict(model, batches, amp: bool = True) -> torch.Tensor:
-    """Logits of ``model`` over an iterable of (images, targets) batches, on the CPU."""
+def predict(model, batches) -> torch.Tensor:
+    """Plain fp32 logits of ``model`` over an iterable of (images, targets) batches, on the CPU:
+    scoring is never autocast (NFR counts argmax flips, which rounding at near-ties moves)."""
     model.eval()
-    outs = []
-    for x, _ in batches:
-        with autocast(x.device, amp):
-            outs.append(model(x).float())
-    return torch.cat(outs).cpu()
+    return torch.cat([model(x).float().cpu() for x, _ in batches])

@@ -12,22 +12,23 @@ import torch
 from torch import nn
 
 from utils import distributed as dist
-from utils.data import ImageSet, TensorInputs, TrainLoader, identity
+from utils.inputs import ImageSet, TensorInputs, TrainLoader, no_transform
 from utils.engine import predict
 from utils.errors import UserError
 
 
-def cache_features(inputs, backbone: nn.Module, args, device: torch.device, amp: bool) -> TensorInputs:
+def cache_features(inputs, backbone: nn.Module, args, device: torch.device) -> TensorInputs:
     """Backbone features of every split, on ``device``, behind the same interface as ``inputs``
     (an ImageSet's ``images`` hold the feature vectors). Training batches are cut from them like
     CIFAR's, so the global batches are the same for any number of processes."""
     splits = {}
     for split, targets in inputs.targets.items():
-        local = predict(backbone, inputs.eval_batches(split), amp).to(device)
+        local = predict(backbone, inputs.eval_batches(split)).to(device)
         splits[split] = ImageSet(dist.gather_rows(local, len(targets)), targets.to(device))
-    loader = TrainLoader(splits["train"], args.batch_size, args.seed, identity, augment=False,
+    loader = TrainLoader(splits["train"], args.batch_size, args.seed, no_transform, augment=False,
                          rank=inputs.rank, world_size=inputs.world)
-    return TensorInputs(splits, identity, loader, args.eval_batch_size, inputs.rank, inputs.world)
+    return TensorInputs(splits, no_transform, loader, args.batch_size, args.eval_batch_size,
+                        inputs.rank, inputs.world)
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
-from utils.data import NORMALIZATION, Dataset, Normalize
+from utils.device import prefers_channels_last
+from utils.inputs import NORMALIZATION, Dataset, Inputs, Normalize, class_folders
 from utils.errors import UserError
 
 TRAIN, EVAL = "train", "val"
@@ -66,11 +67,7 @@ def load_imagenet(root: Path) -> FolderDataset:
     if not (train_dir.is_dir() and eval_dir.is_dir()):
         raise UserError(f"--dataset imagenet needs {train_dir}/<wnid>/*.JPEG and {eval_dir}/<wnid>/*.JPEG "
                         "(the validation images sorted into one folder per class)")
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    eval_classes = sorted(p.name for p in eval_dir.iterdir() if p.is_dir())
-    if not classes or classes != eval_classes:
-        raise UserError(f"{train_dir} and {eval_dir} must hold the same class folders "
-                        f"(found {len(classes)} and {len(eval_classes)})")
+    classes = class_folders(train_dir, eval_dir)
     index = {c: i for i, c in enumerate(classes)}
     splits = []
     for folder in (train_dir, eval_dir):
@@ -101,20 +98,16 @@ class DeviceLoader:
                    targets.to(self.device, non_blocking=True))
 
 
-class FileInputs:
-    """The runner's view of a folder data set in this process; the same interface as
-    ``utils.data.TensorInputs``: ``train_loader``, ``eval_batches(split)`` over this rank's
-    strided shard, and ``targets[split]``."""
+class FileInputs(Inputs):
+    """``Inputs`` of a folder data set: DataLoaders of decoded, cropped uint8 images."""
 
     def __init__(self, splits: dict, args, device: torch.device, rank: int = 0, world: int = 1):
-        if args.batch_size % world:
-            raise UserError(f"--batch-size {args.batch_size} is the global batch: it must be a "
-                            f"multiple of the {world} processes")
+        super().__init__(args.batch_size, rank, world)
         size = args.image_size or DEFAULT_SIZE
         self.splits = splits
         self.eval_transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
-        self.normalize = Normalize(*NORMALIZATION["imagenet"], channels_last=device.type == "cuda")
-        self.device, self.rank, self.world = device, rank, world
+        self.normalize = Normalize(*NORMALIZATION["imagenet"], channels_last=prefers_channels_last(device))
+        self.device = device
         self.workers, self.eval_batch_size = args.workers, args.eval_batch_size
         self.targets = {k: v.targets for k, v in splits.items()}
         train_files = splits["train"].with_transform(T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(),

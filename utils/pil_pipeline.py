@@ -10,12 +10,11 @@ would otherwise see different crops. Batches are sharded over ranks as in ``Trai
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from utils.data import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize
+from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, epoch_seed
 
 
 def official_transform():
@@ -62,12 +61,8 @@ class EpochBatches:
     def __len__(self):
         return -(-self.n // self.batch_size)
 
-    def epoch_seed(self) -> int:
-        # The same mixing as TrainLoader, so that neighbouring (seed, epoch) pairs never collide.
-        return self.seed * 1_000_003 + self.epoch
-
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.epoch_seed())
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.n, generator=g)
         seeds = torch.randint(0, 2**62, (self.n,), generator=g)
         for start in range(0, self.n, self.batch_size):
@@ -93,7 +88,7 @@ class PILTrainLoader:
 
     def set_epoch(self, epoch: int):
         self.batches.epoch = epoch
-        self.generator.manual_seed(self.batches.epoch_seed())
+        self.generator.manual_seed(epoch_seed(self.batches.seed, epoch))
 
     def __len__(self):
         return len(self.batches)
@@ -104,9 +99,9 @@ class PILTrainLoader:
             yield x, y.to(self.device, non_blocking=True)
 
 
-def pil_train_loader(train_set: ImageSet, args, device, normalize: Normalize) -> PILTrainLoader:
-    """The runner's entry point; ``normalize`` only supplies the memory format (the images are
+def pil_train_loader(train_set: ImageSet, args, device, normalize: Normalize, rank: int = 0,
+                     world: int = 1) -> PILTrainLoader:
+    """The data set's entry point; ``normalize`` only supplies the memory format (the images are
     normalised per item by torchvision)."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     return PILTrainLoader(train_set, args.batch_size, args.seed, args.workers, device,
                           normalize.memory_format, rank, world)

@@ -1,0 +1,50 @@
+"""The one device and precision policy, used by the three scripts, the evaluator and the benchmark.
+
+``--precision fp32`` (the default) is the official code's numerics: float32 with PyTorch's own
+TF32 defaults left untouched (cuDNN convolutions may use TF32, ``torch.backends.cudnn.allow_tf32``
+is True; matmuls do not, ``torch.backends.cuda.matmul.allow_tf32`` is False).
+``--precision bf16``: bf16 autocast for the training forward passes (student and teachers), on
+CUDA and on the CPU alike, so that the CPU test suite exercises the same path.
+Scoring (test and validation predictions of every model) is always plain fp32: NFR counts
+per-sample argmax flips, and rounding at near-ties would move it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def setup_device(name: str, fast: bool = False) -> torch.device:
+    """The process's device (under torchrun, the GPU of its LOCAL_RANK) with cuDNN set to the
+    official deterministic mode, or to autotuning with ``fast``."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.backends.cudnn.deterministic = not fast
+    torch.backends.cudnn.benchmark = fast
+    return device
+
+
+def autocast(device: torch.device, precision: str):
+    """The training forward passes' context: bf16 autocast on the device's type, or nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fast_teachers(device: torch.device, precision: str) -> bool:
+    """Whether training-time teachers get BatchNorm folded into their convolutions and ELODI's
+    members run as one vmapped computation. Both change logits by rounding only, so they are
+    used only where bf16 already rounds, and only on CUDA: on the CPU the vmapped grouped
+    convolutions ran slower than a loop (benchmarks/throughput.py --ensemble)."""
+    return device.type == "cuda" and precision == "bf16"
+
+
+def prefers_channels_last(device: torch.device) -> bool:
+    """Channels-last memory format for convolutions: faster on CUDA tensor cores only."""
+    return device.type == "cuda"

@@ -1,0 +1,246 @@
+"""The one data interface of every pipeline, and the parts they share.
+
+A run feeds its models through an ``Inputs`` object (see there): the CIFAR tensors
+(``TensorInputs``, utils/data.py), the official-style PIL pipeline (utils/pil_pipeline.py), the
+ImageNet folders (``FileInputs``, utils/imagenet.py) and the cached backbone features
+(utils/features.py) all implement it. The modules of the pipelines import this one and never
+each other.
+
+CIFAR training batches are augmented on the training device (random crop with 4-pixel zero
+padding + horizontal flip, the distribution of torchvision's RandomCrop(32, padding=4) +
+RandomHorizontalFlip) and normalised there, with all of an epoch's randomness drawn up front
+from (seed, epoch): no per-item Python, a data order that a resumed run reproduces exactly, and
+the same global batches whatever the number of processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from utils.errors import UserError
+
+
+# The official code's normalisation (CIFAR-10 statistics, also used for CIFAR-100).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+# torchvision's ImageNet statistics: the ImageNet data set and every pretrained backbone.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATION = {"cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+
+
+def class_folders(train: Path, test: Path) -> list:
+    """The sorted class folders, which must be the same in both splits: a class missing from
+    one would silently shift the label of every class after it."""
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    test_classes = sorted(p.name for p in test.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"{train} holds no class folders; expected {train}/<class>/<images>")
+    if classes != test_classes:
+        only_train = sorted(set(classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(classes))
+        differ = "; ".join(f"only in {folder}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
+                           for folder, names in ((train, only_train), (test, only_test)) if names)
+        raise UserError(f"{train} and {test} must hold the same class folders ({differ}); "
+                        "add or remove class folders so that both splits list the same classes")
+    return classes
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor    # uint8 (N, 3, H, W)
+    targets: torch.Tensor   # int64 (N,)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def classes_below(self, num_classes: int) -> "ImageSet":
+        """The samples whose class index is < num_classes (the old classes)."""
+        return self.subset(self.targets < num_classes)
+
+    def subset(self, index) -> "ImageSet":
+        """The samples at ``index`` (indices, a mask or a slice)."""
+        return ImageSet(self.images[index], self.targets[index])
+
+    def to(self, device) -> "ImageSet":
+        return ImageSet(self.images.to(device), self.targets.to(device))
+
+
+
+@dataclass
+class Dataset:
+    """A data set's classes and its splits (CIFAR: tensors): train, test and, once ``holdout``
+    has set part of the training set aside, val."""
+    name: str
+    classes: list
+    train: ImageSet
+    test: ImageSet
+    val: ImageSet | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def splits(self) -> dict:
+        return {k: v for k, v in (("train", self.train), ("test", self.test), ("val", self.val)) if v is not None}
+
+    def classes_below(self, num_classes: int) -> "Dataset":
+        """The data set restricted to its first ``num_classes`` classes (the old model's)."""
+        return replace(self, classes=self.classes[:num_classes],
+                       **{k: v.classes_below(num_classes) for k, v in self.splits.items()})
+
+    def holdout(self, held: torch.Tensor) -> "Dataset":
+        """The training samples at indices ``held`` become the val split (see ``utils.data.validation_split``)."""
+        keep = torch.ones(len(self.train), dtype=torch.bool)
+        keep[held] = False
+        return replace(self, train=self.train.subset(keep.nonzero().flatten()), val=self.train.subset(held))
+
+    def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1) -> "Inputs":
+        """What this process feeds the model (implemented by each kind of data set)."""
+        raise NotImplementedError
+
+
+class Normalize:
+    """uint8 (N, 3, H, W) -> normalised float, on the tensor's device; resized to ``size`` x
+    ``size`` (bilinear) where given, e.g. CIFAR images for a 224-pixel ViT."""
+
+    def __init__(self, mean=CIFAR_MEAN, std=CIFAR_STD, channels_last=False, size: int | None = None):
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.size = size
+
+    def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
+        if self.mean.device != images_u8.device:
+            self.mean, self.std = self.mean.to(images_u8.device), self.std.to(images_u8.device)
+        x = images_u8.float().sub_(self.mean).div_(self.std)
+        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
+            # Per-channel normalisation commutes with interpolation, so resizing after it is exact.
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return x.contiguous(memory_format=self.memory_format)
+
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's data order and augmentation; neighbouring (seed, epoch) pairs
+    never collide."""
+    return seed * 1_000_003 + epoch
+
+
+def random_crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor,
+                     padding: int = 4) -> torch.Tensor:
+    """Crop each image at offset (dy, dx) of its zero-padded copy, mirrored where ``flip``.
+
+    One gather for the whole batch; offsets lie in [0, 2 * padding] as in RandomCrop."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    ar_h = torch.arange(h, device=images.device)
+    ar_w = torch.arange(w, device=images.device)
+    rows = (dy[:, None] + ar_h)                                           # (N, H)
+    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)   # (N, W)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    # Advanced indexing on dims (0, 2, 3) puts the channel dim last: (N, H, W, C).
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)
+
+
+
+class TrainLoader:
+    """Shuffled, augmented, normalised batches from a device-resident uint8 ImageSet.
+
+    Batches are cut from one global permutation; with ``world_size`` > 1 each rank takes its
+    share of every global batch, so a distributed run sees the same global batches as one process.
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, seed: int, normalize: Normalize,
+                 augment: bool = True, rank: int = 0, world_size: int = 1):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.normalize, self.augment = normalize, augment
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self):
+        return -(-len(self.data) // self.batch_size)
+
+    def epoch_randomness(self):
+        """(order, dy, dx, flip) for the whole epoch, a function of (seed, epoch) only."""
+        n = len(self.data)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(n, generator=g)
+        dy = torch.randint(0, 9, (n,), generator=g)
+        dx = torch.randint(0, 9, (n,), generator=g)
+        flip = torch.rand(n, generator=g) < 0.5
+        return order, dy, dx, flip
+
+    def __iter__(self):
+        device = self.data.images.device
+        order, dy, dx, flip = (t.to(device) for t in self.epoch_randomness())
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size][self.rank::self.world_size]
+            images = self.data.images[idx]
+            if self.augment:
+                images = random_crop_flip(images, dy[idx], dx[idx], flip[idx])
+            yield self.normalize(images), self.data.targets[idx]
+
+
+
+def eval_batches(data: ImageSet, batch_size: int, normalize: Normalize):
+    """Normalised test batches in order (no augmentation)."""
+    for start in range(0, len(data), batch_size):
+        yield normalize(data.images[start:start + batch_size]), data.targets[start:start + batch_size]
+
+
+
+def no_transform(x):
+    """The transform of inputs that need none (cached features)."""
+    return x
+
+
+class Inputs:
+    """What a run feeds its models in this process; every pipeline implements it.
+
+    ``train_loader``: this rank's share of each (augmented, normalised) training batch, with
+    ``len()`` and ``set_epoch(epoch)``; ``eval_batches(split)``: the unaugmented batches of this
+    rank's strided shard of a split (rows rank, rank + world, ...), which
+    ``utils.distributed.gather_rows`` puts back in order; ``targets[split]``: the whole split's
+    labels on the CPU. ``split`` is one of ``targets``' keys: "train", "test" and, with
+    --val-fraction, "val".
+    """
+    train_loader = None
+    targets: dict
+
+    def __init__(self, batch_size: int, rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise UserError(f"--batch-size {batch_size} is the global batch: it must be a multiple "
+                            f"of the {world} processes")
+        self.rank, self.world = rank, world
+
+    def eval_batches(self, split: str):
+        raise NotImplementedError
+
+
+class TensorInputs(Inputs):
+    """``Inputs`` of device-resident tensors (CIFAR images, or cached features); the train
+    loader is given (``TrainLoader``, or the PIL pipeline's)."""
+
+    def __init__(self, splits: dict, transform, train_loader, batch_size: int, eval_batch_size: int,
+                 rank: int = 0, world: int = 1):
+        super().__init__(batch_size, rank, world)
+        self.splits, self.transform, self.train_loader = splits, transform, train_loader
+        self.eval_batch_size = eval_batch_size
+        self.targets = {k: v.targets.cpu() for k, v in splits.items()}
+
+    def eval_batches(self, split: str):
+        data = self.splits[split]
+        if self.world > 1:
+            data = data.subset(slice(self.rank, None, self.world))
+        return eval_batches(data, self.eval_batch_size, self.transform)
+

@@ -1,0 +1,71 @@
+"""A run's files: checked writable before anything runs, written atomically once it succeeded.
+
+    <output-dir>/results.json      the final metrics, the class split and the settings
+    <output-dir>/predictions.npz   an update's per-sample test predictions (and logits)
+    --save (default <output-dir>/checkpoint.pth)   the trained model's checkpoint
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from utils.errors import UserError
+
+# Test logits are stored for up to this many classes (float16: 20 KB per 100 samples at 100
+# classes); above it, only with --save-logits.
+LOGITS_MAX_CLASSES = 100
+
+
+def check_writable(path: Path, flag: str, folder: bool):
+    """Fail, writing nothing, when the folder (``folder``) or file that ``flag`` names cannot be
+    created or replaced: it is of the other kind, or its nearest existing folder is a file or
+    read-only."""
+    if path.exists() and path.is_dir() != folder:
+        raise UserError(f"{flag} {path} is a {'file' if folder else 'folder'}; "
+                        f"give {'a folder' if folder else 'a file path'}")
+    start = (path if folder else path.parent).absolute()
+    existing = next(p for p in (start, *start.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path} cannot be created: {existing} is a file; give another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path} cannot be written: {existing} is read-only; give a writable path")
+
+
+def prepare_output_dir(path: Path):
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--output-dir {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # a name of its own: concurrent runs may probe too
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write to --output-dir {path} ({err.strerror}); give a writable folder") from None
+
+
+def checkpoint_path(args, out_dir: Path) -> Path:
+    return Path(args.save) if args.save else out_dir / "checkpoint.pth"
+
+
+def write_json(path: Path, obj):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_predictions(path: Path, targets, scores, num_old: int, save_logits: bool = False):
+    """Per-sample test predictions of an update (``utils.evaluation.Scores``): ``targets``,
+    ``old_pred``, ``pred`` and C_old (``num_old``); with the logits (float16) too where there
+    are at most LOGITS_MAX_CLASSES classes or with ``save_logits``."""
+    arrays = {"targets": np.asarray(targets).astype(np.int64), "old_pred": scores.old_pred.astype(np.int64),
+              "pred": scores.pred.astype(np.int64), "num_old": np.int64(num_old)}
+    if save_logits or scores.logits.shape[1] <= LOGITS_MAX_CLASSES:
+        arrays.update(logits=scores.logits.numpy().astype(np.float16),
+                      old_logits=scores.old_logits.numpy().astype(np.float16))
+    tmp = path.with_name(f".{path.name}.tmp")  # then renamed, like every final file
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)

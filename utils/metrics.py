@@ -7,10 +7,15 @@ C_old): the old model predicts with its C_old-way head, the updated model with i
     Rel-NFR = NFR / ((1 - ER of the old model) * ER of the updated model), both ERs on the
               old-class samples; NaN when the denominator is zero.
     ER(Y_old), ER(Y_all): error of the updated model on the old-class / all test samples.
+
+Uncertainty: ``flip_indicators`` gives the per-sample flips behind these rates, ``bootstrap``
+resamples test samples (a statistic of resampled arrays; several arrays share the indices, which
+makes a paired bootstrap) and ``percentile_interval`` turns the resampled values into an interval.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,27 +25,121 @@ def error_rate(pred, targets) -> float:
     return 100.0 * float(np.mean(pred != targets)) if len(targets) else math.nan
 
 
+class Flips(NamedTuple):
+    """Per-sample indicators over the old-class samples (target < C_old), in test-set order."""
+    targets: np.ndarray       # their classes
+    old_correct: np.ndarray   # the old model was right
+    new_correct: np.ndarray   # the updated model is right
+    negative: np.ndarray      # old right, updated wrong
+    positive: np.ndarray      # old wrong, updated right
+
+
+def flip_indicators(targets, old_pred, pred, num_old: int) -> Flips:
+    """The flips of an update sample by sample: what the rates below count, and what a bootstrap
+    or a paired test over the samples needs."""
+    targets, old_pred, pred = (np.asarray(a).astype(np.int64) for a in (targets, old_pred, pred))
+    old = targets < num_old
+    y = targets[old]
+    old_correct, new_correct = old_pred[old] == y, pred[old] == y
+    return Flips(y, old_correct, new_correct, old_correct & ~new_correct, ~old_correct & new_correct)
+
+
+def relative_nfr(nfr, er_old_model, er_old):
+    """Rel-NFR (percent) from NFR and the two error rates on the old classes (percent), elementwise
+    on arrays too; NaN where the expected share of negative flips is zero."""
+    expected = (1 - np.asarray(er_old_model, dtype=float) / 100) * (np.asarray(er_old, dtype=float) / 100)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(expected > 0, 100.0 * (np.asarray(nfr, dtype=float) / 100) / expected, math.nan)
+    return float(rel) if rel.ndim == 0 else rel
+
+
 def flip_metrics(targets, old_pred, pred, num_old: int) -> dict:
     """Metrics of an update from ``old_pred`` to ``pred`` over the whole test set.
 
     ``old_pred`` only matters on the old-class samples (it is ignored elsewhere)."""
-    targets, old_pred, pred = (np.asarray(a).astype(np.int64) for a in (targets, old_pred, pred))
-    old = targets < num_old
-    y, p_old, p = targets[old], old_pred[old], pred[old]
-    old_correct, new_correct = p_old == y, p == y
+    flips = flip_indicators(targets, old_pred, pred, num_old)
     # Without old-class samples there are no flips to count: NaN, like the error rates.
-    n = len(y)
-    nfr = 100.0 * np.sum(old_correct & ~new_correct) / n if n else math.nan
-    pfr = 100.0 * np.sum(~old_correct & new_correct) / n if n else math.nan
-    er_old_model = error_rate(p_old, y)
-    er_old = error_rate(p, y)
-    expected = (1 - er_old_model / 100) * (er_old / 100)
-    rel_nfr = 100.0 * (nfr / 100) / expected if expected > 0 else math.nan
+    n = len(flips.targets)
+    nfr = 100.0 * np.sum(flips.negative) / n if n else math.nan
+    pfr = 100.0 * np.sum(flips.positive) / n if n else math.nan
+    er_old_model = 100.0 * float(np.mean(~flips.old_correct)) if n else math.nan
+    er_old = 100.0 * float(np.mean(~flips.new_correct)) if n else math.nan
     return {
         "er_old": er_old,
         "er_all": error_rate(pred, targets),
         "nfr": float(nfr),
-        "rel_nfr": float(rel_nfr),
+        "rel_nfr": relative_nfr(nfr, er_old_model, er_old),
         "pfr": float(pfr),
         "er_old_model": er_old_model,
     }
+
+
+# Index entries drawn at a time: 2**22 int64 indices are 32 MiB, whatever the resamples and samples.
+BOOTSTRAP_CHUNK = 1 << 22
+
+
+def bootstrap(statistic, *arrays, resamples: int = 10000, seed: int = 0) -> np.ndarray:
+    """``statistic`` of ``resamples`` resamples (with replacement) of the samples of ``arrays``.
+
+    ``statistic(*resampled)`` gets each array indexed by a (k, n) index matrix, row i being
+    resample i, and returns k values (or a (k, m) matrix, for m statistics of the same resamples).
+    Every array gets the same indices: a paired bootstrap when they describe the same samples.
+    The index matrix is drawn in chunks of rows so that memory stays bounded; the same seed gives
+    the same resamples for any arrays of the same length."""
+    arrays = [np.asarray(a) for a in arrays]
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError("bootstrap: the arrays must describe the same samples (equal lengths)")
+    if n == 0 or resamples <= 0:
+        return np.full(max(resamples, 0), math.nan)
+    rng = np.random.default_rng(seed)
+    rows = max(1, BOOTSTRAP_CHUNK // n)
+    values = []
+    for start in range(0, resamples, rows):
+        idx = rng.integers(0, n, size=(min(rows, resamples - start), n))
+        values.append(np.asarray(statistic(*(a[idx] for a in arrays)), dtype=float))
+    return np.concatenate(values)
+
+
+def percentile_interval(values, confidence: float = 0.95):
+    """The percentile interval [low, high] holding the central ``confidence`` share of
+    ``values`` (NaNs, resamples where the statistic is undefined, left out; NaN if all are);
+    for an (k, m) matrix, one [low, high] per column, as an (m, 2) array."""
+    values = np.asarray(values, dtype=float)
+    tail = 100 * (1 - confidence) / 2
+    finite = ~np.isnan(values)
+    if values.ndim == 1:
+        if not finite.any():
+            return (math.nan, math.nan)
+        low, high = np.percentile(values[finite], [tail, 100 - tail])
+        return (float(low), float(high))
+    return np.array([percentile_interval(values[:, j], confidence) for j in range(values.shape[1])])
+
+
+def bootstrap_interval(statistic, *arrays, resamples: int = 10000, confidence: float = 0.95,
+                       seed: int = 0):
+    """Percentile bootstrap interval of ``statistic`` (see ``bootstrap``) over the samples."""
+    return percentile_interval(bootstrap(statistic, *arrays, resamples=resamples, seed=seed), confidence)
+
+
+def rate(indicators) -> np.ndarray:
+    """Percent of true values in each row: a rate statistic for ``bootstrap``."""
+    return 100.0 * np.mean(indicators, axis=-1)
+
+
+def nfr_and_rel_nfr(negative, old_correct, new_correct) -> np.ndarray:
+    """NFR and Rel-NFR (percent) of each resample, as a (k, 2) matrix: a statistic for
+    ``bootstrap`` of the old-class samples' ``Flips`` (negative, old_correct, new_correct)."""
+    nfr = rate(negative)
+    return np.stack([nfr, relative_nfr(nfr, 100 - rate(old_correct), 100 - rate(new_correct))], axis=-1)
+
+
+def flip_intervals(flips: Flips, resamples: int = 10000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Bootstrap intervals of NFR and Rel-NFR over the old-class samples, from the same resamples:
+    {"nfr": (low, high), "rel_nfr": (low, high)}."""
+    values = bootstrap(nfr_and_rel_nfr, flips.negative, flips.old_correct, flips.new_correct,
+                       resamples=resamples, seed=seed)
+    if values.ndim == 1:  # no old-class samples: nothing to resample
+        return {"nfr": (math.nan, math.nan), "rel_nfr": (math.nan, math.nan)}
+    (nfr_low, nfr_high), (rel_low, rel_high) = percentile_interval(values, confidence)
+    return {"nfr": (float(nfr_low), float(nfr_high)), "rel_nfr": (float(rel_low), float(rel_high))}

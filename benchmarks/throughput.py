@@ -6,7 +6,8 @@ data (100 classes, 32x32 uint8), in one process on the same data:
             with .item() every step, the old model re-evaluated on the test set every epoch;
   engine    this repository: device-resident TrainLoader + train_one_epoch, only the teachers
             the method needs (prepared as the runner does), predict() for the evaluation, the
-            old model's test predictions computed once before the timed epoch.
+            old model's test predictions computed once before the timed epoch; timed in each
+            --precision mode.
 
 Teachers and the student have random weights. Each path gets a warm-up epoch on a few batches,
 then the two paths' timed epochs alternate (--repeats each) and their medians are compared. Each
@@ -16,8 +17,12 @@ jobs, run with OMP_WAIT_POLICY=PASSIVE: the default spin-waiting of OpenMP threa
 are taken can slow every step several-fold. The last line printed is ``speedup N.NNx``
 (wall-clock, engine over baseline).
 
-    python benchmarks/throughput.py --method MPT_KL [--device cuda] [--train-size N --test-size N]
+    python benchmarks/throughput.py --method MPT_KL [--device cuda] [--precision fp32|bf16|both]
+                                    [--train-size N --test-size N]
     python benchmarks/throughput.py --ensemble    # ELODI's ensemble forward: batched vs a loop
+
+Both paths use the scripts' own device setup (utils/device.py); every GPU clock is read after a
+synchronisation.
 """
 from __future__ import annotations
 
@@ -37,12 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from methods import get_method, method_names  # noqa: E402
 from models import build_model  # noqa: E402
-from utils.data import (CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader,  # noqa: E402
-                        eval_batches, num_old_classes)
-from utils.engine import EnsembleMean, Teachers, predict, train_one_epoch  # noqa: E402
+from utils.data import num_old_classes  # noqa: E402
+from utils.device import PRECISIONS, fast_teachers, prefers_channels_last, setup_device  # noqa: E402
+from utils.engine import EnsembleMean, Teachers, predict, prepare_teacher, train_one_epoch  # noqa: E402
+from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, eval_batches  # noqa: E402
 from utils.metrics import flip_metrics  # noqa: E402
 from utils.pil_pipeline import official_transform  # noqa: E402
-from utils.runner import ENSEMBLE_BATCHED, prepare_teacher  # noqa: E402
 
 NUM_CLASSES = 100
 
@@ -52,6 +57,10 @@ def parse_args(argv=None):
     p.add_argument("--method", default="MPT_KL", choices=method_names())
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    p.add_argument("--precision", default="both", choices=[*PRECISIONS, "both"],
+                   help="the engine's mode(s), as the scripts' --precision (the baseline is always fp32); "
+                        "the last line's speedup is the default mode's (fp32)")
+    p.add_argument("--fast", action="store_true", help="cuDNN autotuning, as the scripts' --fast")
     p.add_argument("--train-size", type=int, help="default: 50000 on CUDA, 2048 on the CPU")
     p.add_argument("--test-size", type=int, help="default: 10000 on CUDA, 1024 on the CPU")
     p.add_argument("--batch-size", type=int, default=128)
@@ -152,16 +161,16 @@ def baseline_epoch(model, optimizer, loss_fn, old, new, train: ImageSet, test: I
 # (b) This repository's engine.
 # ----------------------------------------------------------------------------------------------
 def engine_epoch(model, optimizer, loss_fn, teachers, train: ImageSet, test: ImageSet, old_test_pred,
-                 args, normalize, amp: bool, num_old: int, epoch: int = 0):
+                 args, normalize, num_old: int, precision: str, epoch: int = 0):
     loader = TrainLoader(train, args.batch_size, args.seed, normalize)
     loader.set_epoch(epoch)
-    train_one_epoch(model, loader, optimizer, loss_fn, teachers, epoch, amp=amp)
-    pred = predict(model, eval_batches(test, args.eval_batch_size, normalize), amp).argmax(1).numpy()
+    train_one_epoch(model, loader, optimizer, loss_fn, teachers, epoch, precision=precision)
+    pred = predict(model, eval_batches(test, args.eval_batch_size, normalize)).argmax(1).numpy()
     return flip_metrics(test.targets.cpu().numpy(), old_test_pred, pred, num_old)
 
 
-def ensemble_members(args, device, fold_bn: bool) -> list:
-    return [prepare_teacher(random_model(args.arch, NUM_CLASSES, "cpu", args.seed + 10 + i), device, fold_bn)
+def ensemble_members(args, device, fast: bool) -> list:
+    return [prepare_teacher(random_model(args.arch, NUM_CLASSES, "cpu", args.seed + 10 + i), device, fast)
             for i in range(args.ensemble_size)]
 
 
@@ -204,29 +213,27 @@ def setup_baseline(args, device, loss_fn, num_old: int, initial: dict):
                                               device, num_old)
 
 
-def setup_engine(args, device, loss_fn, num_old: int, initial: dict, test: ImageSet):
-    """(b) set up as utils/runner.py does; the old model's test predictions once, untimed."""
-    cuda = device.type == "cuda"
-    amp, fold_bn = cuda, cuda  # the scripts' default --precision bf16: autocast on CUDA only
+def setup_engine(args, device, loss_fn, num_old: int, initial: dict, test: ImageSet, precision: str):
+    """(b) set up as the scripts are (utils/runner.py's load_references, utils/device.py's policy);
+    the old model's test predictions once, untimed."""
+    fast, channels_last = fast_teachers(device, precision), prefers_channels_last(device)
     refs = loss_fn.references
-    normalize = Normalize(channels_last=cuda)
-    old = prepare_teacher(random_model(args.arch, num_old, "cpu", args.seed + 1), device, fold_bn)
-    teachers = Teachers(old=old if "old" in refs else None)
+    normalize = Normalize(channels_last=channels_last)
+    old = prepare_teacher(random_model(args.arch, num_old, "cpu", args.seed + 1), device)
+    teachers = Teachers(old=(prepare_teacher(old, device, fast) if fast else old) if "old" in refs else None)
     if "new" in refs:
-        teachers.new = prepare_teacher(random_model(args.arch, NUM_CLASSES, "cpu", args.seed + 2),
-                                       device, fold_bn)
+        teachers.new = prepare_teacher(random_model(args.arch, NUM_CLASSES, "cpu", args.seed + 2), device, fast)
     if "ensemble" in refs:
-        teachers.new = EnsembleMean(ensemble_members(args, device, fold_bn),
-                                    batched=ENSEMBLE_BATCHED[device.type])
+        teachers.new = EnsembleMean(ensemble_members(args, device, fast), batched=fast)
     test = test.to(device)
-    old_test_pred = predict(old, eval_batches(test, args.eval_batch_size, normalize), amp).argmax(1).numpy()
-    model, optimizer = student(args, device, initial, channels_last=cuda)
+    old_test_pred = predict(old, eval_batches(test, args.eval_batch_size, normalize)).argmax(1).numpy()
+    model, optimizer = student(args, device, initial, channels_last=channels_last)
 
     def epoch(train: ImageSet, test: ImageSet):
         # .to() is a no-op for the timed, device-resident sets; the warm-up test set is a
         # prefix of the test set.
         return engine_epoch(model, optimizer, loss_fn, teachers, train.to(device), test.to(device),
-                            old_test_pred[:len(test)], args, normalize, amp, num_old)
+                            old_test_pred[:len(test)], args, normalize, num_old, precision)
     return epoch
 
 
@@ -239,16 +246,19 @@ def epoch_benchmark(args, device):
           f"(teachers: {', '.join(sorted(loss_fn.references)) or 'none'}) | {args.train_size} train / "
           f"{args.test_size} test images, batch {args.batch_size} | {args.repeats} repeats")
     initial = random_model(args.arch, NUM_CLASSES, "cpu", args.seed).state_dict()
-    paths = {"baseline (official-style)": setup_baseline(args, device, loss_fn, num_old, initial),
-             "engine (this repository)": setup_engine(args, device, loss_fn, num_old, initial, test)}
+    base = "baseline (official-style)"
+    precisions = PRECISIONS if args.precision == "both" else (args.precision,)
+    engines = {p: f"engine --precision {p}" for p in precisions}
+    paths = {base: setup_baseline(args, device, loss_fn, num_old, initial),
+             **{name: setup_engine(args, device, loss_fn, num_old, initial, test, p) for p, name in engines.items()}}
     warm_train = ImageSet(train.images[:2 * args.batch_size], train.targets[:2 * args.batch_size])
     warm_test = ImageSet(test.images[:100], test.targets[:100])
     train_d, test_d = train.to(device), test.to(device)
-    data = {"baseline (official-style)": (train, test), "engine (this repository)": (train_d, test_d)}
+    data = {name: (train, test) if name == base else (train_d, test_d) for name in paths}
     walls, cpus, device_peak = {name: [] for name in paths}, {name: [] for name in paths}, {}
     for name, epoch in paths.items():
         epoch(warm_train, warm_test)
-    # Alternating the two paths spreads slow drifts of a shared machine's load over both.
+    # Alternating the paths spreads slow drifts of a shared machine's load over all of them.
     for _ in range(args.repeats):
         for name, epoch in paths.items():
             reset_device_peak(device)
@@ -262,34 +272,38 @@ def epoch_benchmark(args, device):
         print(f"{name:26s} {wall[name]:6.2f} s median of [{', '.join(f'{x:.2f}' for x in walls[name])}], "
               f"{args.train_size / wall[name]:.1f} images/s | {cpu[name]:.2f} CPU-s{memory}")
     print(host_peak())
-    base, engine = "baseline (official-style)", "engine (this repository)"
-    print(f"CPU-time ratio {cpu[base] / cpu[engine]:.2f}x")
-    print(f"speedup {wall[base] / wall[engine]:.2f}x")
+    # The default mode's speedup comes last, where scripts read it.
+    for p in sorted(precisions, key=lambda p: p == "fp32"):
+        print(f"CPU-time ratio {p} {cpu[base] / cpu[engines[p]]:.2f}x")
+        print(f"speedup {p} {wall[base] / wall[engines[p]]:.2f}x")
+    print(f"speedup {wall[base] / wall[engines[precisions[0] if len(precisions) == 1 else 'fp32']]:.2f}x")
 
 
 def ensemble_benchmark(args, device):
     """ELODI's teacher step, the ensemble-mean logits of one training batch: a loop over the
     members against one vmapped computation (EnsembleMean(batched=True))."""
-    cuda = device.type == "cuda"
-    members = ensemble_members(args, device, fold_bn=cuda)
+    precision = "bf16" if args.precision == "both" else args.precision
+    fast = fast_teachers(device, precision)
+    members = ensemble_members(args, device, fast)
     teachers = {"loop": Teachers(new=EnsembleMean(members)),
                 "batched": Teachers(new=EnsembleMean(members, batched=True))}
     x = torch.randn(args.batch_size, 3, 32, 32, device=device)
-    if cuda:
+    if prefers_channels_last(device):
         x = x.contiguous(memory_format=torch.channels_last)
-    print(f"device {device} ({torch.get_num_threads()} CPU threads) | {args.ensemble_size} x {args.arch} "
+    print(f"device {device} ({torch.get_num_threads()} CPU threads) | --precision {precision} | "
+          f"{args.ensemble_size} x {args.arch} "
           f"ensemble | batch {args.batch_size} | {args.repeats} x {args.steps} steps")
-    logits = {name: teacher(x, amp=cuda)["new_logits"] for name, teacher in teachers.items()}  # warm-up
+    logits = {name: teacher(x, precision)["new_logits"] for name, teacher in teachers.items()}  # warm-up
     times, device_peak = {name: [] for name in teachers}, {}
     for _ in range(args.repeats):
         for name, teacher in teachers.items():
             reset_device_peak(device)
-            wall, _ = timed(lambda: [teacher(x, amp=cuda) for _ in range(args.steps)], device)
+            wall, _ = timed(lambda: [teacher(x, precision) for _ in range(args.steps)], device)
             times[name].append(wall / args.steps)
             device_peak[name] = max(device_peak.get(name, 0), device_peak_mib(device))
     median = {name: statistics.median(t) for name, t in times.items()}
     for name in teachers:
-        memory = f" | peak device {device_peak[name]:.0f} MiB" if cuda else ""
+        memory = f" | peak device {device_peak[name]:.0f} MiB" if device.type == "cuda" else ""
         print(f"{name:8s} {1000 * median[name]:8.1f} ms/step median, "
               f"{args.batch_size / median[name]:.1f} images/s{memory}")
     print(f"max |batched - loop| = {(logits['batched'] - logits['loop']).abs().max().item():.2e}")
@@ -299,7 +313,7 @@ def ensemble_benchmark(args, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = setup_device(args.device, args.fast)  # the scripts' own device setup
     (ensemble_benchmark if args.ensemble else epoch_benchmark)(args, device)
 
 

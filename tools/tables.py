@@ -11,6 +11,11 @@ the old model only has ER(Y_old), the new reference model no flip metrics.
     python -m tools.tables runs/ --out results/  results/tables.md and results/tables.csv
     python -m tools.tables runs/ --print         a compact plain-text table
     python -m tools.tables runs/ --split val     the validation metrics (runs with --val-fraction)
+    python -m tools.tables runs/ --ci            adds a column: a percentile bootstrap interval of
+        NFR over the test samples (utils.metrics, seed 0), for the runs that saved predictions.npz.
+        A row of several runs shows the mean of its runs' interval bounds: the uncertainty that
+        the finite test set gives one run (the ± column is the spread between runs); "(k of n
+        runs)" when only some of them have predictions.
 """
 from __future__ import annotations
 
@@ -20,8 +25,12 @@ import io
 import math
 from pathlib import Path
 
-from tools.results import METRICS, Row, TableKey, find_runs, group
-from utils.errors import exit_on_user_error
+import numpy as np
+
+from tools.flips import load_run
+from tools.results import METRICS, Row, Run, TableKey, find_runs, group, warn
+from utils.errors import UserError, exit_on_user_error
+from utils.metrics import bootstrap_interval, flip_indicators, rate
 
 HEADERS = {"er_old": "ER(Y_old)", "er_all": "ER(Y_all)", "nfr": "NFR", "rel_nfr": "Rel-NFR"}
 MISSING = "–"
@@ -34,10 +43,49 @@ def cell(row: Row, metric: str, split: str = "test") -> str:
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
-def table_cells(rows: list[Row], split: str) -> list[list[str]]:
-    """Header line and one line of cells per row."""
-    lines = [["Method", "Runs", *(HEADERS[m] for m in METRICS)]]
-    lines += [[row.label, str(len(row.runs)), *(cell(row, m, split) for m in METRICS)] for row in rows]
+def run_nfr_interval(run: Run, resamples: int, confidence: float) -> tuple[float, float] | None:
+    """The bootstrap interval of a run's NFR from its predictions.npz (the old-class test samples
+    resampled, seed 0); None when the run has no predictions."""
+    if run.role != "update" or not (run.path / "predictions.npz").is_file():
+        return None
+    try:
+        loaded = load_run(str(run.path))
+    except UserError as err:
+        warn(f"no NFR interval for {run.path}: {err}")
+        return None
+    a = loaded["arrays"]
+    flips = flip_indicators(a["targets"], a["old_pred"], a["pred"], loaded["num_old"])
+    return bootstrap_interval(rate, flips.negative, resamples=resamples, confidence=confidence, seed=0)
+
+
+def nfr_intervals(tables: dict, resamples: int, confidence: float) -> dict:
+    """{id(row): (mean low, mean high, runs with an interval)} for the rows with any (see the
+    module's docstring)."""
+    out = {}
+    for rows in tables.values():
+        for row in rows:
+            found = [i for i in (run_nfr_interval(r, resamples, confidence) for r in row.runs) if i is not None]
+            found = [i for i in found if not any(map(math.isnan, i))]
+            if found:
+                low, high = np.mean(found, axis=0)
+                out[id(row)] = (float(low), float(high), len(found))
+    return out
+
+
+def ci_cell(row: Row, intervals: dict) -> str:
+    if id(row) not in intervals:
+        return MISSING
+    low, high, k = intervals[id(row)]
+    return f"[{low:.2f}, {high:.2f}]" + (f" ({k} of {len(row.runs)} runs)" if k < len(row.runs) else "")
+
+
+def table_cells(rows: list[Row], split: str, intervals: dict | None = None,
+                confidence: float = 0.95) -> list[list[str]]:
+    """Header line and one line of cells per row (and the NFR interval column with ``intervals``)."""
+    ci = [f"NFR {100 * confidence:g}% CI"] if intervals is not None else []
+    lines = [["Method", "Runs", *(HEADERS[m] for m in METRICS), *ci]]
+    lines += [[row.label, str(len(row.runs)), *(cell(row, m, split) for m in METRICS),
+               *([ci_cell(row, intervals)] if ci else [])] for row in rows]
     return lines
 
 
@@ -45,10 +93,10 @@ def title(key: TableKey, split: str) -> str:
     return key.title() + (" (validation)" if split == "val" else "")
 
 
-def markdown(tables: dict, split: str = "test") -> str:
+def markdown(tables: dict, split: str = "test", intervals: dict | None = None, confidence: float = 0.95) -> str:
     out = []
     for key, rows in tables.items():
-        header, *body = table_cells(rows, split)
+        header, *body = table_cells(rows, split, intervals, confidence)
         out += [f"### {title(key, split)}", "", "| " + " | ".join(header) + " |",
                 "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
         out += ["| " + " | ".join(line) + " |" for line in body]
@@ -56,11 +104,11 @@ def markdown(tables: dict, split: str = "test") -> str:
     return "\n".join(out)
 
 
-def plain_text(tables: dict, split: str = "test") -> str:
+def plain_text(tables: dict, split: str = "test", intervals: dict | None = None, confidence: float = 0.95) -> str:
     """Aligned columns for a terminal."""
     out = []
     for key, rows in tables.items():
-        lines = table_cells(rows, split)
+        lines = table_cells(rows, split, intervals, confidence)
         widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
         out.append(title(key, split))
         out += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
@@ -69,20 +117,26 @@ def plain_text(tables: dict, split: str = "test") -> str:
     return "\n".join(out)
 
 
-def csv_text(tables: dict, split: str = "test") -> str:
-    """One line per row of every table; numbers unformatted, empty where missing."""
+def csv_text(tables: dict, split: str = "test", intervals: dict | None = None) -> str:
+    """One line per row of every table; numbers unformatted, empty where missing (with
+    ``intervals``, also the NFR interval's bounds and the number of runs behind them)."""
     def number(x):
         return "" if math.isnan(x) else f"{x:.6g}"
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["dataset", "old_arch", "new_arch", "split", "row", "method", "b", "runs",
-                     *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))])
+                     *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
+                     *(["nfr_ci_low", "nfr_ci_high", "nfr_ci_runs"] if intervals is not None else [])])
     for key, rows in tables.items():
         for row in rows:
             stats = [row.stat(m, split)[:2] for m in METRICS]
+            ci = []
+            if intervals is not None:
+                low, high, k = intervals.get(id(row), (math.nan, math.nan, 0))
+                ci = [number(low), number(high), k]
             writer.writerow([*key, split, row.label, row.method, "" if row.b is None else f"{row.b:g}",
-                             len(row.runs), *(number(x) for pair in stats for x in pair)])
+                             len(row.runs), *(number(x) for pair in stats for x in pair), *ci])
     return buf.getvalue()
 
 
@@ -94,23 +148,34 @@ def build_parser():
     p.add_argument("--print", dest="plain", action="store_true", help="print a compact plain-text table")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="val: the metrics on the --val-fraction hold-out")
+    p.add_argument("--ci", action="store_true",
+                   help="add a bootstrap interval of NFR from the runs' predictions.npz (test split)")
+    p.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples for --ci (default 10000)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval level for --ci (default 0.95)")
     return p
 
 
 @exit_on_user_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.ci and args.split != "test":
+        raise UserError("--ci resamples the saved test predictions; it cannot go with --split val")
+    if args.resamples < 1:
+        raise UserError(f"--resamples must be positive, got {args.resamples}")
+    if not 0 < args.confidence < 1:
+        raise UserError(f"--confidence must lie in (0, 1), got {args.confidence}")
     tables = group(find_runs(args.folders))
+    intervals = nfr_intervals(tables, args.resamples, args.confidence) if args.ci else None
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "tables.md").write_text(markdown(tables, args.split))
-        (out / "tables.csv").write_text(csv_text(tables, args.split))
+        (out / "tables.md").write_text(markdown(tables, args.split, intervals, args.confidence))
+        (out / "tables.csv").write_text(csv_text(tables, args.split, intervals))
         print(f"wrote {out / 'tables.md'} and {out / 'tables.csv'}")
     if args.plain:
-        print(plain_text(tables, args.split), end="")
+        print(plain_text(tables, args.split, intervals, args.confidence), end="")
     elif not args.out:
-        print(markdown(tables, args.split), end="")
+        print(markdown(tables, args.split, intervals, args.confidence), end="")
 
 
 if __name__ == "__main__":

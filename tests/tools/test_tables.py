@@ -132,3 +132,60 @@ def test_linked_runs_are_found_once(tmp_path, fake_run):
     assert [r.label for r in next(iter(group(find_runs([tmp_path / "sweep"])).values()))] == [
         "MPT_KL (b=2)", "MPT_KL"]
     assert [len(r.runs) for r in next(iter(group(find_runs([tmp_path])).values()))] == [1, 1]
+
+
+def test_labels_come_from_each_methods_own_hyperparameters(tmp_path, fake_run):
+    """A row is labelled with the hyperparameters its method declares (methods/registry.py) where
+    they depart from the declared defaults; another method's flags in the config change nothing."""
+    base = {"elodi_old_weight": 0.6, "elodi_ensemble_weight": 0.4, "elodi_warmup": 6, "topk": 10}
+    fake_run(tmp_path / "e", method="ELODI", nfr=1.0, config=dict(base, topk=3))     # topk is not ELODI's
+    fake_run(tmp_path / "e0", method="ELODI", nfr=2.0, config=dict(base, elodi_warmup=0))
+    fake_run(tmp_path / "t", method="ELODI_topk", nfr=3.0, config=dict(base, topk=3))
+    fake_run(tmp_path / "k", method="PCT_KL", nfr=4.0, config={"tau": 2.0, "lm_weight": 0.04})
+    rows = next(iter(group(find_runs([tmp_path])).values()))
+    assert [r.label for r in rows] == ["PCT_KL (tau=2)", "ELODI", "ELODI (elodi_warmup=0)",
+                                       "ELODI_topk (topk=3)"]
+
+
+def write_predictions(folder, seed):
+    """A predictions.npz of 200 cifar10 test samples (C_old = 5: 0.5 x 10 classes); returns
+    the NFR bootstrap interval that --ci must find for it."""
+    import numpy as np
+
+    from utils.metrics import bootstrap_interval, flip_indicators, rate
+
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 10, 200)
+    old_pred = np.where(rng.random(200) < 0.8, targets, rng.integers(0, 5, 200))
+    pred = np.where(rng.random(200) < 0.7, targets, rng.integers(0, 10, 200))
+    np.savez(folder / "predictions.npz", targets=targets, old_pred=old_pred, pred=pred)
+    negative = flip_indicators(targets, old_pred, pred, 5).negative
+    return rate(negative), bootstrap_interval(rate, negative, resamples=300, seed=0)
+
+
+def test_ci_adds_the_nfr_interval_of_runs_with_predictions(tmp_path, fake_run, capsys):
+    """Rows with predictions get the mean of their runs' interval bounds, "(k of n runs)" when
+    some runs lack predictions, "–" without any; without --ci the tables stay as they were."""
+    kl = [fake_run(tmp_path / f"kl{s}", method="MPT_KL", seed=s, nfr=1.0) for s in (1, 2)]
+    nt = [fake_run(tmp_path / f"nt{s}", method="No_Treatment", seed=s, nfr=1.0) for s in (1, 2)]
+    fake_run(tmp_path / "lm", method="MPT_LM", nfr=1.0)
+    (nfr1, ci1), (nfr2, ci2), (_, ci_nt) = (write_predictions(kl[0], 1), write_predictions(kl[1], 2),
+                                            write_predictions(nt[0], 3))
+    assert ci1[0] < nfr1 < ci1[1] and ci1 != ci2
+    tables.main([str(tmp_path), "--print"])
+    assert "CI" not in capsys.readouterr().out
+    tables.main([str(tmp_path), "--ci", "--resamples", "300"])
+    md = capsys.readouterr().out
+    assert "| Method | Runs | ER(Y_old) | ER(Y_all) | NFR | Rel-NFR | NFR 95% CI |" in md
+    low, high = (ci1[0] + ci2[0]) / 2, (ci1[1] + ci2[1]) / 2
+    assert f"| MPT_KL | 2 | – | – | 1.00 ± 0.00 | – | [{low:.2f}, {high:.2f}] |" in md
+    assert f"| No_Treatment | 2 | – | – | 1.00 ± 0.00 | – | [{ci_nt[0]:.2f}, {ci_nt[1]:.2f}] (1 of 2 runs) |" in md
+    assert "| MPT_LM | 1 | – | – | 1.00 | – | – |" in md
+    tables.main([str(tmp_path), "--ci", "--resamples", "300", "--out", str(tmp_path / "out")])
+    lines = list(csv.DictReader(io.StringIO((tmp_path / "out" / "tables.csv").read_text())))
+    row = next(r for r in lines if r["row"] == "MPT_KL")
+    assert float(row["nfr_ci_low"]) == pytest.approx(low, rel=1e-5) and row["nfr_ci_runs"] == "2"
+    assert next(r for r in lines if r["row"] == "MPT_LM")["nfr_ci_low"] == ""
+    with pytest.raises(SystemExit) as exc:
+        tables.main([str(tmp_path), "--ci", "--split", "val"])
+    assert exc.value.code == 2 and "--ci" in capsys.readouterr().err

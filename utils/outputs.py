@@ -69,3 +69,12 @@ def write_predictions(path: Path, targets, scores, num_old: int, save_logits: bo
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
     os.replace(tmp, path)
+
+
+def results_record(role: str, metrics: dict, checkpoint, data, weights: str | None, config: dict) -> dict:
+    """The content of results.json: the metrics (validation ones under "val"), the model's
+    checkpoint, the class split (``data``: utils.runner.RunData), the validation split, the
+    pretrained weights the model started from, and the settings."""
+    return {"role": role, **metrics, "checkpoint": str(checkpoint), "num_old": data.num_old,
+            "num_classes": data.num_classes, "classes": data.classes, "split": data.split,
+            "weights": weights, "config": config}

@@ -26,8 +26,8 @@ from utils.engine import EnsembleMean, NonFiniteLoss, Teachers, prepare_teacher,
 from utils.errors import UserError
 from utils.evaluation import Scorer, Scores
 from utils.features import cache_features, head_on
-from utils.outputs import (check_writable, checkpoint_path, prepare_output_dir, write_json,
-                           write_predictions)
+from utils.outputs import (check_writable, checkpoint_path, prepare_output_dir, results_record,
+                           write_json, write_predictions)
 from utils.state import STATE_FILE, read_state, restore, save_state, seed_everything
 
 LR_STEP_EPOCHS = 30           # --lr-schedule step: x0.1 every 30 epochs (the ImageNet recipe)
@@ -282,7 +282,5 @@ def write_outputs(args, role: str, out_dir: Path, model, data: RunData, test_tar
                                  inputs=input_spec(args), split=data.split, weights=model.weights), save_path)
     if update is not None:
         write_predictions(out_dir / "predictions.npz", test_targets, scores, data.num_old, update.save_logits)
-    write_json(out_dir / "results.json", {
-        "role": role, **scores.metrics, "checkpoint": str(save_path), "num_old": data.num_old,
-        "num_classes": data.num_classes, "classes": data.classes, "split": data.split,
-        "weights": model.weights, "config": vars(args)})
+    write_json(out_dir / "results.json",
+               results_record(role, scores.metrics, save_path, data, model.weights, vars(args)))

@@ -1,0 +1,49 @@
+"""tools.evaluate: scoring checkpoints without training gives main.py's own results."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import REPO, assert_ok, common_args, run_script, script_env
+
+
+def evaluate(*args) -> subprocess.CompletedProcess:
+    """``python -m tools.evaluate ARGS`` as a user runs it, from the repository."""
+    return subprocess.run([sys.executable, "-m", "tools.evaluate", *map(str, args)], cwd=REPO,
+                          env=script_env(), capture_output=True, text=True, timeout=300)
+
+METRICS = ("er_old", "er_all", "nfr", "rel_nfr", "pfr", "er_old_model")
+
+
+def test_evaluate_reproduces_main_py(tiny_data, old_ckpt, new_ckpt, tmp_path):
+    run = tmp_path / "run"
+    assert_ok(run_script("main.py", *common_args(tiny_data), "--method", "MPT_KL", "--old-ckpt", old_ckpt,
+                         "--new-ckpt", new_ckpt, "--output-dir", run))
+    out = tmp_path / "eval"
+    proc = evaluate("--old-ckpt", old_ckpt, "--ckpt", run / "checkpoint.pth",
+                      "--output-dir", out, "--device", "cpu")
+    assert_ok(proc)
+    trained, scored = (json.loads((d / "results.json").read_text()) for d in (run, out))
+    assert {m: scored[m] for m in METRICS} == {m: trained[m] for m in METRICS}
+    a, b = np.load(run / "predictions.npz"), np.load(out / "predictions.npz")
+    assert set(a.files) == set(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_evaluate_scores_a_new_reference_model(tiny_data, old_ckpt, new_ckpt, tmp_path):
+    """The new reference model scored as an update of the old one: its er_all is the one its own
+    run reported."""
+    out = tmp_path / "eval"
+    assert_ok(evaluate("--old-ckpt", old_ckpt, "--ckpt", new_ckpt,
+                         "--output-dir", out, "--device", "cpu", "--data-root", tiny_data))
+    scored = json.loads((out / "results.json").read_text())
+    new_run = json.loads((new_ckpt.parent / "run" / "results.json").read_text())
+    assert scored["er_all"] == new_run["er_all"] and scored["er_old"] == new_run["er_old"]
+    assert 0 <= scored["nfr"] <= 100 and scored["evaluated"]["role"] == "new"
+
+
+def test_evaluate_refuses_a_missing_checkpoint(tmp_path, old_ckpt):
+    proc = evaluate("--old-ckpt", old_ckpt, "--ckpt", tmp_path / "nope.pth",
+                      "--output-dir", tmp_path / "out")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

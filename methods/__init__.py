@@ -3,13 +3,26 @@
     from methods import get_method
     loss_fn = get_method("MPT_KL", b=4.0)
     loss = loss_fn(logits, targets, old_logits=old, new_logits=new, epoch=epoch)
+    terms = loss_fn.loss_terms(logits, targets, old_logits=old, new_logits=new, epoch=epoch)
+
+A method is one module of this package: every module whose name does not start with "_" is
+imported here, and its ``@register("Name")`` classes become methods (registry.py and losses.py
+are helpers that register nothing). Its hyperparameters are its constructor's keyword
+arguments; main.py makes a flag of each (see methods/registry.py).
 
 A method declares the reference models it needs (``loss_fn.references``, a subset of
-{"old", "new", "ensemble"}) so that the training loop runs no teacher it does not use.
+{"old", "new", "ensemble"}; ``loss_fn.references_at(epoch)`` those of one epoch) so that the
+training loop runs no teacher it does not use.
 """
-from methods.registry import METHODS, Method, get_method, hyperparameters, method_names, register
+import importlib
+import pkgutil
 
-# Importing the families registers their methods.
-from methods import baseline, elodi, mpt, pct  # noqa: E402,F401
+from methods.registry import (METHODS, Method, Option, declared_defaults, get_method, hyperparameters,
+                              method_names, option, register)
 
-__all__ = ["METHODS", "Method", "get_method", "hyperparameters", "method_names", "register"]
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["METHODS", "Method", "Option", "declared_defaults", "get_method", "hyperparameters",
+           "method_names", "option", "register"]

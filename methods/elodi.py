@@ -4,40 +4,51 @@
 import torch.nn.functional as F
 
 from methods.losses import logit_matching, topk_mask
-from methods.registry import Method, register
+from methods.registry import Method, Option, register
 
 
 @register("ELODI")
 class ELODI(Method):
-    """CE + [epoch >= warmup_epochs] (old_weight LM(z_old, old) + ens_weight LM(z, ensemble))."""
+    """CE + [epoch >= elodi_warmup] (elodi_old_weight LM(z_old, old) + elodi_ensemble_weight LM(z, ensemble))."""
     references = frozenset({"old", "ensemble"})
-    term_weight_flags = ("--elodi-old-weight", "--elodi-ensemble-weight")
-    use_topk = False
-    ignored = frozenset({"topk"})
+    options = {
+        "elodi_old_weight": Option("ELODI: weight of the logit matching to the old model", min=0),
+        "elodi_ensemble_weight": Option("ELODI: weight of the logit matching to the ensemble", min=0),
+        "elodi_warmup": Option("ELODI terms start at this 0-based epoch", min=0),
+        "topk": Option("ELODI_topk: logits kept per reference", positive=True),
+    }
+    term_weights = ("elodi_old_weight", "elodi_ensemble_weight")
 
-    def __init__(self, old_weight=0.6, ensemble_weight=0.4, warmup_epochs=6, topk=10, num_old=None):
+    def __init__(self, elodi_old_weight=0.6, elodi_ensemble_weight=0.4, elodi_warmup=6, num_old=None):
         super().__init__(num_old)
-        self.old_weight, self.ensemble_weight = old_weight, ensemble_weight
-        self.warmup_epochs, self.topk = warmup_epochs, topk
+        self.elodi_old_weight, self.elodi_ensemble_weight = elodi_old_weight, elodi_ensemble_weight
+        self.elodi_warmup = elodi_warmup
+
+    def references_at(self, epoch):
+        # The official schedule: no inhibition during the first epochs (0-based epoch > 5), so
+        # plain cross-entropy that needs no reference model.
+        return self.references if epoch >= self.elodi_warmup else frozenset()
 
     def _lm(self, student, teacher):
-        if self.use_topk:
-            mask = topk_mask(teacher, self.topk)
-            return logit_matching(student * mask, teacher * mask)
         return logit_matching(student, teacher)
 
-    def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
-        ce = F.cross_entropy(logits, targets)
-        # The official schedule: no inhibition during the first epochs (0-based epoch > 5).
-        if epoch < self.warmup_epochs:
-            return ce
-        c_old = self.split(logits, old_logits)
-        return (ce + self.old_weight * self._lm(logits[:, :c_old], old_logits)
-                + self.ensemble_weight * self._lm(logits, new_logits))
+    def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
+        terms = {"ce": F.cross_entropy(logits, targets)}
+        if epoch >= self.elodi_warmup:
+            c_old = self.split(logits, old_logits)
+            terms["lm_old"] = self.elodi_old_weight * self._lm(logits[:, :c_old], old_logits)
+            terms["lm_ensemble"] = self.elodi_ensemble_weight * self._lm(logits, new_logits)
+        return terms
 
 
 @register("ELODI_topk")
 class ELODITopK(ELODI):
     """ELODI with each LM term restricted to the top-k logits of its reference."""
-    use_topk = True
-    ignored = frozenset()
+
+    def __init__(self, elodi_old_weight=0.6, elodi_ensemble_weight=0.4, elodi_warmup=6, topk=10, num_old=None):
+        super().__init__(elodi_old_weight, elodi_ensemble_weight, elodi_warmup, num_old)
+        self.topk = topk
+
+    def _lm(self, student, teacher):
+        mask = topk_mask(teacher, self.topk)
+        return logit_matching(student * mask, teacher * mask)

@@ -2,6 +2,16 @@
 import torch
 import torch.nn.functional as F
 
+from methods.registry import Option
+
+# The hyperparameters of the focal distillation terms, shared by MPT and PCT.
+DISTILLATION_OPTIONS = {
+    "alpha": Option("focal distillation: weight of every sample", min=0),
+    "beta": Option("focal distillation: extra weight where the reference is right", min=0),
+    "tau": Option("KL distillation temperature", positive=True),
+    "lm_weight": Option("weight of each logit-matching distillation term", min=0),
+}
+
 
 def cross_entropy_with_bias(logits, targets, num_old: int, b: float):
     """CE_b: cross-entropy after adding the margin bias b to the new-class logits.

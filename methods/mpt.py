@@ -4,45 +4,81 @@ MPT = CE_b (margin-calibrated cross-entropy, bias b on the new-class logits, tra
     + focal distillation from the old model on the old-class logits
     + focal distillation from the new reference model on all logits.
 """
-from methods.losses import cross_entropy_with_bias, focal_kl, focal_lm
-from methods.registry import Method, register
+import torch.nn.functional as F
+
+from methods.losses import DISTILLATION_OPTIONS, cross_entropy_with_bias, focal_kl, focal_lm
+from methods.registry import Method, Option, register
 
 
 class _MPT(Method):
-    distance = None   # "kl", "lm" or None (no distillation)
-    biased = True     # False: plain CE in place of CE_b (the *_nobias ablations)
+    """The terms: ce_b (ce where b is None: the *_nobias ablations) and, for the variants with
+    reference models, distill_old and distill_new (the subclass's ``distill``, weighted)."""
+    references = frozenset({"old", "new"})
+    options = {"b": Option("MPT margin bias added to the new-class logits (training only)"),
+               **DISTILLATION_OPTIONS}
+    b = None
 
-    def __init__(self, b=4.0, alpha=1.0, beta=5.0, tau=5.0, lm_weight=0.4, num_old=None):
+    def distill(self, student, teacher, targets):
+        raise NotImplementedError
+
+    def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
+        c_old = self.split(logits, old_logits)
+        if self.b is None:
+            terms = {"ce": F.cross_entropy(logits, targets)}
+        else:
+            terms = {"ce_b": cross_entropy_with_bias(logits, targets, c_old, self.b)}
+        if self.references:  # what the reference models are read for
+            terms["distill_old"] = self.distill(logits[:, :c_old], old_logits, targets)
+            terms["distill_new"] = self.distill(logits, new_logits, targets)
+        return terms
+
+
+@register("MPT_KL")
+class MPTKL(_MPT):
+    """CE_b + FD-KL(z_old, old) + FD-KL(z, new)."""
+
+    def __init__(self, b=4.0, alpha=1.0, beta=5.0, tau=5.0, num_old=None):
         super().__init__(num_old)
-        self.b = b if self.biased else 0.0
-        self.alpha, self.beta, self.tau, self.lm_weight = alpha, beta, tau, lm_weight
+        self.b, self.alpha, self.beta, self.tau = b, alpha, beta, tau
 
-    def _distill(self, student, teacher, targets):
-        if self.distance == "kl":
-            return focal_kl(student, teacher, targets, self.alpha, self.beta, self.tau)
+    def distill(self, student, teacher, targets):
+        return focal_kl(student, teacher, targets, self.alpha, self.beta, self.tau)
+
+
+@register("MPT_LM")
+class MPTLM(_MPT):
+    """CE_b + lm_weight (FD-LM(z_old, old) + FD-LM(z, new))."""
+    term_weights = ("lm_weight",)
+
+    def __init__(self, b=4.0, alpha=1.0, beta=5.0, lm_weight=0.4, num_old=None):
+        super().__init__(num_old)
+        self.b, self.alpha, self.beta, self.lm_weight = b, alpha, beta, lm_weight
+
+    def distill(self, student, teacher, targets):
         return self.lm_weight * focal_lm(student, teacher, targets, self.alpha, self.beta)
 
-    def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
-        c_old = self.split(logits, old_logits)
-        loss = cross_entropy_with_bias(logits, targets, c_old, self.b)
-        if self.distance is not None:
-            loss = (loss + self._distill(logits[:, :c_old], old_logits, targets)
-                    + self._distill(logits, new_logits, targets))
-        return loss
+
+@register("MPT_nodistillation")
+class MPTNoDistillation(_MPT):
+    """CE_b alone."""
+    references = frozenset()
+
+    def __init__(self, b=4.0, num_old=None):
+        super().__init__(num_old)
+        self.b = b
 
 
-def _variant(name, distance, biased):
-    references = frozenset({"old", "new"}) if distance else frozenset()
-    weights = ("--lm-weight",) if distance == "lm" else ()
-    unused = {"kl": {"lm_weight"}, "lm": {"tau"}, None: {"alpha", "beta", "tau", "lm_weight"}}[distance]
-    ignored = frozenset(unused if biased else unused | {"b"})
-    cls = type(name.replace("_", ""), (_MPT,), {"distance": distance, "biased": biased, "references": references,
-                                                "term_weight_flags": weights, "ignored": ignored})
-    return register(name)(cls)
+@register("MPT_KL_nobias")
+class MPTKLNoBias(MPTKL):
+    """MPT_KL with plain CE in place of CE_b."""
+
+    def __init__(self, alpha=1.0, beta=5.0, tau=5.0, num_old=None):
+        super().__init__(None, alpha, beta, tau, num_old)
 
 
-MPTKL = _variant("MPT_KL", "kl", True)
-MPTLM = _variant("MPT_LM", "lm", True)
-MPTNoDistillation = _variant("MPT_nodistillation", None, True)
-MPTKLNoBias = _variant("MPT_KL_nobias", "kl", False)
-MPTLMNoBias = _variant("MPT_LM_nobias", "lm", False)
+@register("MPT_LM_nobias")
+class MPTLMNoBias(MPTLM):
+    """MPT_LM with plain CE in place of CE_b."""
+
+    def __init__(self, alpha=1.0, beta=5.0, lm_weight=0.4, num_old=None):
+        super().__init__(None, alpha, beta, lm_weight, num_old)

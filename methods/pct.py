@@ -1,7 +1,7 @@
 """Positive-congruent training (Yan et al., 2021): distillation from the old model only."""
 import torch.nn.functional as F
 
-from methods.losses import focal_kl, focal_lm
+from methods.losses import DISTILLATION_OPTIONS, focal_kl, focal_lm
 from methods.registry import Method, register
 
 
@@ -10,38 +10,40 @@ class PCTNaive(Method):
     """CE + mean_i [old model correct on i] * CE_i: extra weight on samples the old model got right."""
     references = frozenset({"old"})
 
-    def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
+    def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
         per_sample = F.cross_entropy(logits, targets, reduction="none")
         old_correct = (old_logits.argmax(dim=1) == targets).to(per_sample.dtype)
-        return per_sample.mean() + (old_correct * per_sample).mean()
+        return {"ce": per_sample.mean(), "old_correct_ce": (old_correct * per_sample).mean()}
 
 
 @register("PCT_KL")
 class PCTKL(Method):
     """CE + FD-KL(z_old, old)."""
     references = frozenset({"old"})
+    options = DISTILLATION_OPTIONS
 
     def __init__(self, alpha=1.0, beta=5.0, tau=5.0, num_old=None):
         super().__init__(num_old)
         self.alpha, self.beta, self.tau = alpha, beta, tau
 
-    def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
+    def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
         c_old = self.split(logits, old_logits)
-        fd = focal_kl(logits[:, :c_old], old_logits, targets, self.alpha, self.beta, self.tau)
-        return F.cross_entropy(logits, targets) + fd
+        return {"ce": F.cross_entropy(logits, targets),
+                "distill_old": focal_kl(logits[:, :c_old], old_logits, targets, self.alpha, self.beta, self.tau)}
 
 
 @register("PCT_LM")
 class PCTLM(Method):
     """CE + lm_weight * FD-LM(z_old, old)."""
     references = frozenset({"old"})
-    term_weight_flags = ("--lm-weight",)
+    options = DISTILLATION_OPTIONS
+    term_weights = ("lm_weight",)
 
     def __init__(self, alpha=1.0, beta=5.0, lm_weight=0.4, num_old=None):
         super().__init__(num_old)
         self.alpha, self.beta, self.lm_weight = alpha, beta, lm_weight
 
-    def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
+    def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
         c_old = self.split(logits, old_logits)
         fd = focal_lm(logits[:, :c_old], old_logits, targets, self.alpha, self.beta)
-        return F.cross_entropy(logits, targets) + self.lm_weight * fd
+        return {"ce": F.cross_entropy(logits, targets), "distill_old": self.lm_weight * fd}

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import utils.runner
 from conftest import REPO, assert_ok, common_args, file_hashes, run_script, script_command, script_env
 from methods import get_method, method_names
 from utils.checkpoint import atomic_save, read_checkpoint
-from utils.cli import default_output_dir, parse
+from utils.cli import default_output_dir, method_flag, parse
 from utils.engine import NonFiniteLoss
 
 EPOCHS = 3
@@ -214,8 +215,10 @@ def test_exploding_loss_stops_before_the_first_checkpoint(tiny_data, tmp_path):
 def test_non_finite_message_names_the_flags_that_weigh_the_method_terms(method, tmp_path):
     """Logit-matching methods diverge at lr 0.1 with few classes; the message says what to lower,
     and every flag it names is one that main.py takes."""
-    flags = get_method(method).term_weight_flags
-    message = utils.runner.non_finite_message(NonFiniteLoss(0, 5), tmp_path, [], 5, 10, flags)
+    loss_fn = get_method(method)
+    flags = tuple(method_flag(w) for w in loss_fn.term_weights)
+    message = utils.runner.non_finite_message(NonFiniteLoss(0, 5), tmp_path, [], SimpleNamespace(epochs=5), 10,
+                                              loss_fn, np.arange(10))
     assert message.startswith("the training loss became non-finite in epoch 1/5, step 6/10; ")
     options = {opt for action in main.build_parser()._actions for opt in action.option_strings}
     assert set(flags) <= options

@@ -3,8 +3,9 @@
 A table is one (data set, old architecture -> new architecture) experiment; its rows are the
 reference models and the methods, one row per method and, for the methods that use the margin
 bias b, one row per value of b. Runs whose method hyperparameters (--lm-weight, --tau, ...) or
---data-pipeline differ from main.py's defaults get rows of their own, labelled with them. The
-runs of a row (usually several seeds) are averaged.
+--data-pipeline differ from their defaults (the method's declared ones, see methods/registry.py,
+with the data set's from utils/cli.py) get rows of their own, labelled with them. The runs of a
+row (usually several seeds) are averaged.
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
-from methods import hyperparameters
+from methods import declared_defaults, hyperparameters, method_names
 from utils.checkpoint import read_checkpoint
-from utils.cli import NOT_IDENTITY
+from utils.cli import DATASET_DEFAULTS, NOT_IDENTITY, base_parser
 from utils.errors import UserError
 
 METRICS = ("er_old", "er_all", "nfr", "rel_nfr")
@@ -46,31 +47,39 @@ def uses_b(method: str | None) -> bool:
 
 
 @lru_cache(maxsize=None)
-def main_defaults(dataset: str) -> dict:
-    """main.py's flag values when not given, for ``dataset`` (ImageNet has its own b): rows at
-    these values are labelled with the bare method name."""
-    from main import build_parser
-    from utils.cli import parse
-    return vars(parse(build_parser(), ["--dataset", dataset]))
+def method_defaults(method: str, dataset: str) -> dict:
+    """The hyperparameters of ``method`` as main.py sets them when not given, for ``dataset``:
+    the method's declared defaults, overridden by the data set's (ImageNet has its own b).
+    Rows at these values are labelled with the bare method name; {} for an unknown method."""
+    try:
+        declared = declared_defaults(method)
+    except KeyError:
+        return {}
+    dataset_defaults = DATASET_DEFAULTS.get(dataset, {})
+    return {k: dataset_defaults.get(k, v) for k, v in declared.items()}
+
+
+@lru_cache(maxsize=None)
+def pipeline_default() -> str:
+    return base_parser("").get_default("data_pipeline")
 
 
 def unused_flags(method: str) -> set:
-    """main.py's method flags that do not reach ``method``'s loss."""
-    from main import METHOD_FLAGS, method_flags
+    """The method hyperparameters (main.py's flags, as config keys) that do not reach
+    ``method``'s loss."""
     try:
-        return set(METHOD_FLAGS.values()) - set(method_flags(method))
+        used = hyperparameters(method)
     except KeyError:
         return set()
+    return set().union(*map(hyperparameters, method_names())) - used
 
 
 def settings(method: str, config: dict) -> tuple:
     """(flag, value) pairs, other than b, where an update run departs from main.py's defaults in
     a way that changes its result: the method's own hyperparameters and the data pipeline."""
-    from main import METHOD_FLAGS
-    flags = [f for f in METHOD_FLAGS.values() if f != "b" and f not in unused_flags(method)]
-    defaults = main_defaults(config["dataset"])
-    return tuple((f, config[f]) for f in (*flags, "data_pipeline")
-                 if f in config and config[f] != defaults[f])
+    defaults = {**method_defaults(method, config["dataset"]), "data_pipeline": pipeline_default()}
+    defaults.pop("b", None)
+    return tuple((f, config[f]) for f, default in defaults.items() if f in config and config[f] != default)
 
 
 class TableKey(NamedTuple):
@@ -110,7 +119,7 @@ class Row:
     @property
     def label(self) -> str:
         """The method, with b where it is not the default and any other non-default setting."""
-        show_b = self.b is not None and self.b != main_defaults(self.runs[0].dataset)["b"]
+        show_b = self.b is not None and self.b != method_defaults(self.method, self.runs[0].dataset).get("b")
         return self._name([f"b={self.b:g}"] if show_b else [])
 
     @property

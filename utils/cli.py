@@ -79,6 +79,74 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def method_flag(param: str) -> str:
+    """The flag of a method hyperparameter (a keyword argument of its class): lm_weight -> --lm-weight."""
+    return "--" + param.replace("_", "-")
+
+
+def _method_flag_type(opt, default):
+    if opt.type is not None:
+        return opt.type
+    return str if default is None else type(default)
+
+
+def add_method_flags(parser: argparse.ArgumentParser):
+    """One flag per hyperparameter of the registered methods (see methods/registry.py), with the
+    method's help text and default. Where methods declare different defaults for one name the
+    flag's default is None: each method's own."""
+    from methods import declared_defaults, method_names, option
+
+    users: dict[str, list[str]] = {}
+    for name in method_names():
+        for param in declared_defaults(name):
+            users.setdefault(param, []).append(name)
+    known = {a.dest for a in parser._actions}
+    group = parser.add_argument_group("method hyperparameters", "each flag reaches only the methods in its brackets")
+    for param, names in users.items():
+        if param in known:
+            raise TypeError(f"hyperparameter {param!r} of {', '.join(names)} clashes with the script's "
+                            f"own flag {method_flag(param)}; rename it")
+        defaults = [declared_defaults(n)[param] for n in names]
+        default = defaults[0] if all(d == defaults[0] for d in defaults) else None
+        opts = [option(n, param) for n in names]
+        types = {_method_flag_type(o, d) for o, d in zip(opts, defaults)}
+        types = {float} if types == {int, float} else types
+        if len(types) > 1:
+            raise TypeError(f"hyperparameter {param!r} has several types in {', '.join(names)}: "
+                            f"{', '.join(sorted(t.__name__ for t in types))}")
+        help_text = next((o.help for o in opts if o.help), "").replace("%", "%%")
+        help_text += f" [{', '.join(names)}]"
+        help_text += "".join(f" ({dataset}: {d[param]})" for dataset, d in DATASET_DEFAULTS.items() if param in d)
+        if default is None and any(d is not None for d in defaults):
+            help_text += " (default: each method's own)"
+        (flag_type,) = types
+        if flag_type is bool:
+            group.add_argument(method_flag(param), action=argparse.BooleanOptionalAction, default=default,
+                               help=help_text)
+        else:
+            group.add_argument(method_flag(param), type=flag_type, default=default, help=help_text)
+
+
+def method_from_args(args):
+    """The loss of ``args.method`` built with its hyperparameters from the flags, each checked
+    against its Option; the values used are written back onto ``args`` (a flag at None stands for
+    the method's own default), so that the run records them."""
+    from methods import declared_defaults, get_method, method_names, option
+
+    if args.method not in method_names():
+        raise UserError(f"unknown method {args.method!r}; choose one of: {', '.join(method_names())}")
+    values = {}
+    for param, default in declared_defaults(args.method).items():
+        value = getattr(args, param, None)
+        value = default if value is None else value
+        problem = option(args.method, param).check(value)
+        if problem:
+            raise UserError(f"{method_flag(param)} {problem}, got {value}")
+        values[param] = value
+        setattr(args, param, value)
+    return get_method(args.method, **values)
+
+
 # A config's sections: the flags under one of these keys apply to that script only.
 CONFIG_SECTIONS = {"old": "train_old_model.py", "new": "train_new_model.py", "update": "main.py"}
 

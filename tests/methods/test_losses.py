@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from methods import get_method, method_names
+from methods import get_method, hyperparameters, method_names
 
 ALL_METHODS = [
     "No_Treatment",
@@ -45,9 +45,14 @@ def as_tensors(z=Z, old=OLD, new=NEW, y=Y):
             torch.tensor(old, dtype=torch.float64), torch.tensor(new, dtype=torch.float64))
 
 
+def build(name, **hparams):
+    """Method ``name`` with those of ``hparams`` it takes (get_method refuses the others)."""
+    return get_method(name, **{k: v for k, v in hparams.items() if k in hyperparameters(name)})
+
+
 def call(name, epoch=6, **hparams):
     z, y, old, new = as_tensors()
-    loss = get_method(name, **hparams)(z, y, old_logits=old, new_logits=new, epoch=epoch)
+    loss = build(name, **hparams)(z, y, old_logits=old, new_logits=new, epoch=epoch)
     return loss.item()
 
 
@@ -206,7 +211,7 @@ def test_elodi_topk_with_all_classes_is_elodi(topk):
 def test_inputs_unchanged(name):
     z, y, old, new = as_tensors()
     before = [t.clone() for t in (z, y, old, new)]
-    get_method(name, **DEFAULTS)(z, y, old_logits=old, new_logits=new, epoch=6)
+    build(name, **DEFAULTS)(z, y, old_logits=old, new_logits=new, epoch=6)
     for tensor, copy in zip((z, y, old, new), before):
         assert torch.equal(tensor, copy)
 
@@ -215,7 +220,7 @@ def test_inputs_unchanged(name):
 def test_gradients_flow(name):
     z, y, old, new = as_tensors()
     z.requires_grad_(True)
-    loss = get_method(name, **DEFAULTS)(z, y, old_logits=old, new_logits=new, epoch=6)
+    loss = build(name, **DEFAULTS)(z, y, old_logits=old, new_logits=new, epoch=6)
     assert loss.dim() == 0
     loss.backward()
     assert z.grad is not None
@@ -237,7 +242,7 @@ def test_gradients_flow(name):
     ("MPT_LM_nobias", {"old", "new"}),
 ])
 def test_references(name, references):
-    loss_fn = get_method(name, **DEFAULTS)
+    loss_fn = build(name, **DEFAULTS)
     assert isinstance(loss_fn.references, frozenset)
     assert loss_fn.references == references
 
@@ -258,19 +263,20 @@ def test_unknown_method():
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_hyperparameters_are_exactly_those_that_change_the_loss(name):
-    """hyperparameters(name) lists what reaches the loss (the tables label rows with it): each one
-    changes the loss on the example; every other argument of the constructor changes nothing.
-    ELODI's weights get other values than the defaults' so that its top-k changes the mask."""
-    from methods import METHODS, hyperparameters
+    """hyperparameters(name) lists what reaches the loss (the tables label rows with it): each
+    argument of the constructor changes the loss on the example, so a method takes none that it
+    ignores. ELODI's weights get other values than the defaults' so that its top-k changes the mask."""
+    from methods import METHODS
 
     accepted = set(inspect.signature(METHODS[name].__init__).parameters) - {"self", "num_old"}
-    base = dict(DEFAULTS, old_weight=0.6, ensemble_weight=0.4, warmup_epochs=6)
-    other = dict(OTHER, old_weight=0.9, ensemble_weight=0.1, warmup_epochs=0)
+    assert accepted == hyperparameters(name)
+    base = dict(DEFAULTS, elodi_old_weight=0.6, elodi_ensemble_weight=0.4, elodi_warmup=6)
+    other = dict(OTHER, elodi_old_weight=0.9, elodi_ensemble_weight=0.1, elodi_warmup=0)
     base["topk"], other["topk"] = 4, 1
     reference = call(name, epoch=6, **base)
     changes = {p for p in accepted
                if not math.isclose(call(name, epoch=6, **dict(base, **{p: other[p]})), reference)}
-    if "warmup_epochs" in accepted:  # the schedule starts at epoch 6 either way: try epoch 3
-        changes |= {"warmup_epochs"} if call(name, epoch=3, **base) != call(
-            name, epoch=3, **dict(base, warmup_epochs=0)) else set()
-    assert changes == hyperparameters(name)
+    if "elodi_warmup" in accepted:  # the schedule starts at epoch 6 either way: try epoch 3
+        changes |= {"elodi_warmup"} if call(name, epoch=3, **base) != call(
+            name, epoch=3, **dict(base, elodi_warmup=0)) else set()
+    assert changes == accepted

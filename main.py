@@ -37,7 +37,8 @@ def main(argv=None):
         raise UserError(f"--ensemble-size must be positive, got {args.ensemble_size}")
     loss_fn = method_from_args(args)
     ensemble = ensemble_members(args) if "ensemble" in loss_fn.references else []
-    name = f"{args.dataset}-{args.arch}-{args.method}-b{args.b:g}-seed{args.seed}"
+    b = getattr(args, "b", None)  # in the name for every method, as it always was
+    name = f"{args.dataset}-{args.arch}-{args.method}{'' if b is None else f'-b{b:g}'}-seed{args.seed}"
     args.output_dir = args.output_dir or str(default_output_dir("update", args, name))
     return run(args, "update", Update(loss_fn, args.old_ckpt, args.new_ckpt, ensemble))
 

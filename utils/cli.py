@@ -12,6 +12,7 @@ import torch
 from models import ARCHS
 from models.zoo import VIT_PATCH
 from utils.data import DATASETS
+from utils.device import PRECISIONS
 from utils.errors import UserError
 
 # Flags that do not change what a run computes: left out of the run's identity (its default
@@ -46,7 +47,10 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                         "(default: CIFAR's own 32; 224 for imagenet and vit_b_32)")
     p.add_argument("--pretrained", action="store_true",
                    help="start the backbone from torchvision's ImageNet-1k weights (the inputs then get "
-                        "ImageNet's normalisation); random weights, with a warning, where they cannot be had")
+                        "ImageNet's normalisation); an error where they cannot be loaded")
+    p.add_argument("--allow-random-weights", action="store_true",
+                   help="with --pretrained: go on with a RANDOM backbone where the weights cannot be loaded "
+                        "(recorded as weights: null in results.json and the checkpoint)")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="train only the classifier, on the frozen backbone's features of the unaugmented "
                         "images, computed once")
@@ -60,14 +64,19 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128, help="global batch size")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
-                   help="hold out F of every class of the training set (chosen with --seed) and report "
-                        "the metrics on it under \"val\" in log.jsonl and results.json")
+                   help="hold out F of every class of the training set (chosen with --split-seed) and "
+                        "report the metrics on it under \"val\" in log.jsonl and results.json; the "
+                        "reference models must have been trained with the same F and --split-seed")
+    p.add_argument("--split-seed", type=int, default=42,
+                   help="chooses the --val-fraction hold-out; independent of --seed, so that runs over "
+                        "several seeds, and the reference models, share one split")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--workers", type=int, default=4, help="data-loader processes (PIL pipeline and imagenet)")
     p.add_argument("--data-pipeline", default="tensor", choices=["tensor", "pil"],
                    help="tensor: data set on the device, batches augmented there; pil: the official per-image DataLoader")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
-                   help="bf16 autocast on CUDA (ignored on the CPU); fp32 for bit-faithful runs")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="fp32: the official numerics (PyTorch's default TF32 settings); bf16: autocast of "
+                        "the training forward passes (CUDA or CPU). Scoring is always fp32")
     p.add_argument("--fast", action="store_true",
                    help="cuDNN autotuning (non-deterministic); the default is the official deterministic mode")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained model")
@@ -266,12 +275,12 @@ def validate(args):
         raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
 
 
-def identity(args) -> dict:
+def run_settings(args) -> dict:
     """The settings that define what a run computes."""
     return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IDENTITY}
 
 
 def default_output_dir(role: str, args, name: str) -> Path:
     """runs/<role>/<readable name>-<hash of all settings>: distinct settings never share files."""
-    digest = hashlib.sha1(json.dumps(identity(args), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(json.dumps(run_settings(args), sort_keys=True, default=str).encode()).hexdigest()[:8]
     return Path("runs") / role / f"{name}-{digest}"

@@ -56,15 +56,21 @@ def write_json(path: Path, obj):
     os.replace(tmp, path)
 
 
+def compact(logits: np.ndarray) -> np.ndarray:
+    """float16, unless some logit lies beyond its range (a barely trained model's can): then
+    float32, rather than infinities."""
+    fits = np.all(np.abs(logits) <= np.finfo(np.float16).max)
+    return logits.astype(np.float16 if fits else np.float32)
+
+
 def write_predictions(path: Path, targets, scores, num_old: int, save_logits: bool = False):
     """Per-sample test predictions of an update (``utils.evaluation.Scores``): ``targets``,
-    ``old_pred``, ``pred`` and C_old (``num_old``); with the logits (float16) too where there
+    ``old_pred``, ``pred`` and C_old (``num_old``); with the logits (``compact``) too where there
     are at most LOGITS_MAX_CLASSES classes or with ``save_logits``."""
     arrays = {"targets": np.asarray(targets).astype(np.int64), "old_pred": scores.old_pred.astype(np.int64),
               "pred": scores.pred.astype(np.int64), "num_old": np.int64(num_old)}
     if save_logits or scores.logits.shape[1] <= LOGITS_MAX_CLASSES:
-        arrays.update(logits=scores.logits.numpy().astype(np.float16),
-                      old_logits=scores.old_logits.numpy().astype(np.float16))
+        arrays.update(logits=compact(scores.logits.numpy()), old_logits=compact(scores.old_logits.numpy()))
     tmp = path.with_name(f".{path.name}.tmp")  # then renamed, like every final file
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)

@@ -257,7 +257,7 @@ def non_finite_message(err: NonFiniteLoss, out_dir: Path, history: list, args, s
         message += "no epoch had finished, so this run has no good checkpoint yet. "
     huge = {k: v for k, v in err.teacher_max.items() if not abs(v) < HUGE_LOGIT}
     if huge:
-        names = ", ".join(f"the {k} reference model's reach |z| = {v:.3g}" for k, v in huge.items())
+        names = ", ".join(f"the {k} reference model's logits reach |z| = {v:.3g}" for k, v in huge.items())
         return message + (f"The teachers' logits blew up first: {names} on that batch. Reference models "
                           "trained for only a few steps have huge eval-mode logits (BatchNorm running "
                           "statistics of a few batches): train them longer, then start the run again")

@@ -12,9 +12,16 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
 
 from tools.results import REFERENCES, Row, TableKey, find_runs, group, uses_b
+from utils.checkpoint import load_model, read_checkpoint
+from utils.data import load_dataset, normalizer
 from utils.errors import UserError, exit_on_user_error
+from utils.inputs import eval_batches
 
 
 def pyplot():
@@ -51,13 +58,6 @@ def run_checkpoint(run_dir: Path) -> tuple[Path, dict]:
 
 def embeddings(run_dir: Path, data_root: str | None, batch_size: int, device: str):
     """(2-D test embeddings, targets, class names, number of old classes, panel title)."""
-    from types import SimpleNamespace
-
-    import torch
-
-    from utils.checkpoint import load_model, read_checkpoint
-    from utils.data import eval_batches, normalizer
-
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     path, results = run_checkpoint(run_dir)
@@ -89,8 +89,6 @@ _DATASETS = {}
 
 def _dataset(name: str, root: str):
     """Each data set is decoded once however many panels show it."""
-    from utils.data import load_dataset
-
     if (name, root) not in _DATASETS:
         _DATASETS[name, root] = load_dataset(name, root, download=False)
     return _DATASETS[name, root]
@@ -98,8 +96,6 @@ def _dataset(name: str, root: str):
 
 def plot_embeddings(run_dirs, out: Path, data_root=None, batch_size=512, device="cpu", max_points=None):
     plt = pyplot()
-    import numpy as np
-
     panels = [embeddings(Path(d), data_root, batch_size, device) for d in run_dirs]
     cols = min(len(panels), 4)
     rows = math.ceil(len(panels) / cols)

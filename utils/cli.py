@@ -8,7 +8,9 @@ import math
 from pathlib import Path
 
 import torch
+import yaml
 
+from methods import declared_defaults, get_method, method_names, option
 from models import ARCHS
 from models.zoo import VIT_PATCH
 from utils.data import DATASETS
@@ -103,7 +105,6 @@ def add_method_flags(parser: argparse.ArgumentParser):
     """One flag per hyperparameter of the registered methods (see methods/registry.py), with the
     method's help text and default. Where methods declare different defaults for one name the
     flag's default is None: each method's own."""
-    from methods import declared_defaults, method_names, option
 
     users: dict[str, list[str]] = {}
     for name in method_names():
@@ -140,7 +141,6 @@ def method_from_args(args):
     """The loss of ``args.method`` built with its hyperparameters from the flags, each checked
     against its Option; the values used are written back onto ``args`` (a flag at None stands for
     the method's own default), so that the run records them."""
-    from methods import declared_defaults, get_method, method_names, option
 
     if args.method not in method_names():
         raise UserError(f"unknown method {args.method!r}; choose one of: {', '.join(method_names())}")
@@ -184,8 +184,6 @@ def load_config(parser, path, section: str | None = None) -> dict:
     main.py-only flags such as ``method`` and ``b`` go, and where the old and new models of a
     cross-architecture experiment get their own ``arch``. A script checks only its own section,
     so one file describes a whole experiment and a typo still fails in the script that reads it."""
-    import yaml
-
     try:
         cfg = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as err:

@@ -1,0 +1,60 @@
+"""The module graph: no import cycle among the repository's modules (imports inside functions
+counted too, so that none can hide one), and no tool or benchmark imports a script."""
+import ast
+
+from conftest import REPO
+
+SCRIPTS = {"main", "train_old_model", "train_new_model"}
+PACKAGES = ("utils", "methods", "models", "tools", "benchmarks")
+
+
+def repository_modules() -> dict:
+    """{module name: path} of the scripts and the packages' modules."""
+    modules = {name: REPO / f"{name}.py" for name in SCRIPTS}
+    for package in PACKAGES:
+        for path in (REPO / package).glob("*.py"):
+            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
+            modules[name] = path
+    return modules
+
+
+def imports_of(path, modules) -> set:
+    """The repository modules that ``path`` imports anywhere in its code."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in modules}
+    return found
+
+
+def test_no_import_cycles():
+    modules = repository_modules()
+    graph = {name: imports_of(path, modules) - {name} for name, path in modules.items()}
+    done, path = set(), []
+
+    def visit(name):
+        if name in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(name):] + [name]))
+        if name in done:
+            return
+        path.append(name)
+        for dep in sorted(graph[name]):
+            visit(dep)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
+    assert "utils.data" in graph["utils.runner"]  # the graph is really read
+
+
+def test_tools_and_benchmarks_never_import_a_script():
+    modules = repository_modules()
+    for name, path in modules.items():
+        if name.startswith(("tools", "benchmarks")):
+            assert not imports_of(path, modules) & SCRIPTS, f"{name} imports a script"

@@ -5,7 +5,7 @@ from pathlib import Path
 from methods import method_names
 from utils.cli import add_method_flags, base_parser, default_output_dir, method_from_args, parse, validate
 from utils.errors import UserError, exit_on_user_error
-from utils.runner import Update, run
+from utils.runner import Mitigation, run
 
 
 def build_parser():
@@ -15,6 +15,9 @@ def build_parser():
     p.add_argument("--new-ckpt", default="checkpoint/ckpt_new.pth", help="new reference model (train_new_model.py)")
     p.add_argument("--ensemble-dir", default="checkpoint/ensemble_models", help="ELODI members ckpt_0.pth, ckpt_1.pth, ...")
     p.add_argument("--ensemble-size", type=int, default=8)
+    p.add_argument("--save-logits", action="store_true",
+                   help="store the test logits in predictions.npz for more than 100 classes too (up to 100 "
+                        "they always are)")
     add_method_flags(p)  # --b, --alpha, ...: the hyperparameters of the methods in methods/
     return p
 
@@ -40,7 +43,7 @@ def main(argv=None):
     b = getattr(args, "b", None)  # in the name for every method, as it always was
     name = f"{args.dataset}-{args.arch}-{args.method}{'' if b is None else f'-b{b:g}'}-seed{args.seed}"
     args.output_dir = args.output_dir or str(default_output_dir("update", args, name))
-    return run(args, "update", Update(loss_fn, args.old_ckpt, args.new_ckpt, ensemble))
+    return run(args, "update", Mitigation(loss_fn, args.old_ckpt, args.new_ckpt, ensemble, args.save_logits))
 
 
 if __name__ == "__main__":

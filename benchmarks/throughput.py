@@ -44,7 +44,8 @@ from methods import get_method, method_names  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.data import num_old_classes  # noqa: E402
 from utils.device import PRECISIONS, fast_teachers, prefers_channels_last, setup_device  # noqa: E402
-from utils.engine import EnsembleMean, Teachers, predict, prepare_teacher, train_one_epoch  # noqa: E402
+from utils.engine import (EnsembleMean, Teachers, build_teachers, predict, prepare_teacher,  # noqa: E402
+                          train_one_epoch)
 from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, eval_batches  # noqa: E402
 from utils.metrics import flip_metrics  # noqa: E402
 from utils.pil_pipeline import official_transform  # noqa: E402
@@ -169,8 +170,8 @@ def engine_epoch(model, optimizer, loss_fn, teachers, train: ImageSet, test: Ima
     return flip_metrics(test.targets.cpu().numpy(), old_test_pred, pred, num_old)
 
 
-def ensemble_members(args, device, fast: bool) -> list:
-    return [prepare_teacher(random_model(args.arch, NUM_CLASSES, "cpu", args.seed + 10 + i), device, fast)
+def ensemble_members(args, device) -> list:
+    return [prepare_teacher(random_model(args.arch, NUM_CLASSES, "cpu", args.seed + 10 + i), device)
             for i in range(args.ensemble_size)]
 
 
@@ -217,14 +218,12 @@ def setup_engine(args, device, loss_fn, num_old: int, initial: dict, test: Image
     """(b) set up as the scripts are (utils/runner.py's load_references, utils/device.py's policy);
     the old model's test predictions once, untimed."""
     fast, channels_last = fast_teachers(device, precision), prefers_channels_last(device)
-    refs = loss_fn.references
     normalize = Normalize(channels_last=channels_last)
     old = prepare_teacher(random_model(args.arch, num_old, "cpu", args.seed + 1), device)
-    teachers = Teachers(old=(prepare_teacher(old, device, fast) if fast else old) if "old" in refs else None)
-    if "new" in refs:
-        teachers.new = prepare_teacher(random_model(args.arch, NUM_CLASSES, "cpu", args.seed + 2), device, fast)
-    if "ensemble" in refs:
-        teachers.new = EnsembleMean(ensemble_members(args, device, fast), batched=fast)
+    uses = loss_fn.references
+    new = prepare_teacher(random_model(args.arch, NUM_CLASSES, "cpu", args.seed + 2), device) if "new" in uses else None
+    members = ensemble_members(args, device) if "ensemble" in uses else []
+    teachers = build_teachers(uses, device, fast, old, new, members)
     test = test.to(device)
     old_test_pred = predict(old, eval_batches(test, args.eval_batch_size, normalize)).argmax(1).numpy()
     model, optimizer = student(args, device, initial, channels_last=channels_last)
@@ -284,7 +283,7 @@ def ensemble_benchmark(args, device):
     members against one vmapped computation (EnsembleMean(batched=True))."""
     precision = "bf16" if args.precision == "both" else args.precision
     fast = fast_teachers(device, precision)
-    members = ensemble_members(args, device, fast)
+    members = [prepare_teacher(m, device, fast) if fast else m for m in ensemble_members(args, device)]
     teachers = {"loop": Teachers(new=EnsembleMean(members)),
                 "batched": Teachers(new=EnsembleMean(members, batched=True))}
     x = torch.randn(args.batch_size, 3, 32, 32, device=device)

@@ -109,9 +109,9 @@ def test_batched_ensemble_agrees_with_the_member_loop(tiny_data, old_ckpt, new_c
     flags = ("--ensemble-dir", members, "--ensemble-size", "2", "--elodi-warmup", "0")
     loop = train(tmp_path, "loop", tiny_data, old_ckpt, new_ckpt, *flags, method="ELODI")
     batched = []
-    real = utils.runner.EnsembleMean
+    real = utils.engine.EnsembleMean
     monkeypatch.setattr(utils.runner, "fast_teachers", lambda device, precision: True)
-    monkeypatch.setattr(utils.runner, "EnsembleMean",
+    monkeypatch.setattr(utils.engine, "EnsembleMean",
                         lambda m, batched_=None, **kw: batched.append(kw) or real(m, **kw))
     fast = train(tmp_path, "batched", tiny_data, old_ckpt, new_ckpt, *flags, method="ELODI")
     assert batched == [{"batched": True}]

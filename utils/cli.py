@@ -20,7 +20,7 @@ from utils.errors import UserError
 # Flags that do not change what a run computes: left out of the run's identity (its default
 # folder name and the --resume check).
 NOT_IDENTITY = {"config", "output_dir", "device", "workers", "resume", "log_every", "save",
-                "eval_batch_size"}
+                "eval_batch_size", "save_logits"}
 
 # Defaults that depend on the data set or the architecture, used where neither the command line
 # nor --config sets the flag. ImageNet: the standard ResNet recipe (SGD lr 0.1, momentum 0.9,
@@ -252,7 +252,6 @@ def validate(args):
     _require(math.isfinite(args.momentum) and 0 <= args.momentum < 1, f"--momentum must lie in [0, 1), got {args.momentum}")
     _require(math.isfinite(args.weight_decay) and args.weight_decay >= 0,
              f"--weight-decay must be a non-negative finite number, got {args.weight_decay}")
-    _require(0 < args.old_fraction < 1, f"--old-fraction must lie in (0, 1), got {args.old_fraction}")
     _require(math.isfinite(args.val_fraction) and 0 <= args.val_fraction < 1,
              f"--val-fraction must lie in [0, 1), got {args.val_fraction}")
     _require(args.embed_dim is None or args.embed_dim > 0, f"--embed-dim must be positive, got {args.embed_dim}")

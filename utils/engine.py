@@ -24,8 +24,7 @@ class NonFiniteLoss(UserError):
     def __init__(self, epoch: int, step: int | None, terms: dict | None = None, teacher_max: dict | None = None):
         self.epoch, self.step = epoch, step
         self.terms, self.teacher_max = terms or {}, teacher_max or {}
-        where = f"step {step + 1}" if step is not None else "on another process"
-        super().__init__(f"the training loss became non-finite in epoch {epoch + 1}, {where}")
+        super().__init__(f"non-finite loss in epoch {epoch + 1}")
 
 
 class EnsembleMean(nn.Module):
@@ -102,16 +101,33 @@ class Teachers:
         return out
 
 
+def build_teachers(uses, device: torch.device, fast: bool, old: nn.Module | None = None,
+                   new: nn.Module | None = None, members=()) -> Teachers:
+    """The teachers of a method that ``uses`` some of {"old", "new", "ensemble"}, from reference
+    models already prepared with ``prepare_teacher(model, device)``: with ``fast``, folded copies
+    and the ensemble as one vmapped computation (``utils.device.fast_teachers`` says where)."""
+    def fit(model):
+        return prepare_teacher(model, device, fast) if fast else model  # folding copies
+    teachers = Teachers()
+    if "old" in uses:
+        teachers.old = fit(old)
+    if "new" in uses:
+        teachers.new = fit(new)
+    if "ensemble" in uses:
+        teachers.new = EnsembleMean([fit(m) for m in members], batched=fast)
+    return teachers
+
+
 def progress(iterable, **kwargs):
     """tqdm that stays quiet when stderr is not a terminal (logs, CI, batch jobs)."""
     return tqdm(iterable, disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True, **kwargs)
 
 
-def loss_terms(loss_fn, logits, targets, epoch: int, refs: dict) -> dict:
+def loss_terms(loss_fn, logits, targets, epoch: int, teacher_logits: dict) -> dict:
     """The named terms of the loss (a method's ``loss_terms``; a plain callable is one term)."""
     if hasattr(loss_fn, "loss_terms"):
-        return loss_fn.loss_terms(logits, targets, epoch=epoch, **refs)
-    return {"loss": loss_fn(logits, targets, epoch=epoch, **refs)}
+        return loss_fn.loss_terms(logits, targets, epoch=epoch, **teacher_logits)
+    return {"loss": loss_fn(logits, targets, epoch=epoch, **teacher_logits)}
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch: int, *,
@@ -129,10 +145,10 @@ def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch
     seen = 0
     bar = progress(loader, desc=f"epoch {epoch}", total=len(loader))
     for step, (x, y) in enumerate(bar):
-        refs = teachers(x, precision, wanted)
+        teacher_logits = teachers(x, precision, wanted)
         with autocast(device, precision):
             logits = model(x)
-        terms = loss_terms(loss_fn, logits.float(), y, epoch, refs)
+        terms = loss_terms(loss_fn, logits.float(), y, epoch, teacher_logits)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -140,7 +156,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch
 
         # One vector per step: the loss, its terms, then each teacher's largest |logit|.
         values = torch.stack([loss.detach(), *(t.detach() for t in terms.values()),
-                              *(r.abs().amax() for r in refs.values())])
+                              *(z.abs().amax() for z in teacher_logits.values())])
         if names is None:
             names = list(terms)
             sums = torch.zeros(1 + len(names), device=device, dtype=torch.float64)
@@ -158,7 +174,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch
             if all_reduce_sum((first_bad >= 0).to(torch.int64)).item() > 0:
                 bad_step = int(first_bad.item())
                 bad = bad_values.tolist()
-                teacher_names = [k.removesuffix("_logits") for k in refs]
+                teacher_names = [k.removesuffix("_logits") for k in teacher_logits]
                 raise NonFiniteLoss(epoch, bad_step if bad_step >= 0 else None,
                                     dict(zip(names, bad[1:1 + len(names)])),
                                     dict(zip(teacher_names, bad[1 + len(names):])))

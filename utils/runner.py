@@ -22,7 +22,8 @@ from utils import distributed as dist
 from utils.checkpoint import atomic_save, load_model, model_checkpoint
 from utils.data import Dataset, input_spec, load_dataset, num_old_classes, validation_split
 from utils.device import fast_teachers, prefers_channels_last, setup_device
-from utils.engine import EnsembleMean, NonFiniteLoss, Teachers, prepare_teacher, progress, train_one_epoch
+from utils.engine import (NonFiniteLoss, Teachers, build_teachers, prepare_teacher, progress,
+                          train_one_epoch)
 from utils.errors import UserError
 from utils.evaluation import Scorer, Scores
 from utils.features import cache_features, head_on
@@ -40,8 +41,9 @@ HUGE_LOGIT = 1e3
 
 
 @dataclass
-class Update:
-    """What ``main.py`` adds to a plain training run: the method and its reference models."""
+class Mitigation:
+    """What ``main.py`` adds to a plain training run: the negative-flip mitigation method and the
+    checkpoints of its reference models."""
     method: object
     old_ckpt: str
     new_ckpt: str | None = None
@@ -56,7 +58,7 @@ class RunData:
     num_classes: int     # C, all classes of the data set
     num_old: int         # C_old, the first classes
     classes: list        # the names of all C classes
-    head: int            # the trained model's head size: C_old for the old model, else C
+    head_size: int       # the trained model's number of outputs: C_old for the old model, else C
     split: dict          # the validation split the model is trained without (validation_split)
 
 
@@ -68,7 +70,7 @@ class References:
     teachers: Teachers
 
 
-def run(args, role: str, update: Update | None = None) -> dict:
+def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
     """Train a model for ``role`` ("old", "new" or "update") and write its files. Returns the
     final metrics. Under torchrun every rank runs this; rank 0 alone writes."""
     try:
@@ -83,20 +85,20 @@ def run(args, role: str, update: Update | None = None) -> dict:
         state = read_state(out_dir, args) if args.resume else None
         data = load_data(args, role)
         inputs = data.dataset.inputs(args, device, rank, world)
-        model = build_model(args, data.head, device, world)
+        model = build_model(args, data.head_size, device, world)
         net = model
         if args.freeze_backbone:  # the head trains on the frozen backbone's features, cached once
             inputs = cache_features(inputs, model.backbone, args, device)
             net = model.head()
-        refs = load_references(args, update, data, model, device) if update else None
+        refs = load_references(args, mitigation, data, model, device) if mitigation else None
         scorer = Scorer(inputs, role, data.num_old, device, refs.old_model if refs else None)
         if dist.is_main():
             prepare_output_dir(out_dir)
-        loss_fn = prepare_loss(update.method, data.num_old) if update else plain_cross_entropy
+        loss_fn = prepare_loss(mitigation.method, data.num_old) if mitigation else plain_cross_entropy
         scores = fit(args, role, model, net, inputs, loss_fn, refs.teachers if refs else Teachers(),
                      scorer, out_dir, device, world, state)
         if dist.is_main():
-            write_outputs(args, role, out_dir, model, data, inputs.targets["test"], scores, update)
+            write_outputs(args, role, out_dir, model, data, inputs.targets["test"], scores, mitigation)
         dist.barrier()
         return scores.metrics
     finally:
@@ -118,12 +120,12 @@ def load_data(args, role: str) -> RunData:
     return RunData(data, num_classes, num_old, classes, num_old if role == "old" else num_classes, split)
 
 
-def build_model(args, head: int, device: torch.device, world: int) -> nn.Module:
+def build_model(args, head_size: int, device: torch.device, world: int) -> nn.Module:
     """The model to train, seeded so that every run of the same command starts from the same
     weights; with --freeze-backbone, only its head is drawn from --seed."""
     seed_everything(FROZEN_BACKBONE_SEED if args.freeze_backbone else args.seed)
     with dist.main_first():  # rank 0 downloads any pretrained weights, the others read its copy
-        model = build_architecture(args.arch, head, args.embed_dim, image_size=args.image_size,
+        model = build_architecture(args.arch, head_size, args.embed_dim, image_size=args.image_size,
                                    pretrained=args.pretrained, allow_random_weights=args.allow_random_weights)
     if args.freeze_backbone:
         if model.weights is None and dist.is_main():
@@ -157,26 +159,20 @@ def check_split(ckpt: dict, path: str, split: dict):
                     f"train it again with {flags}, or run without --val-fraction")
 
 
-def load_references(args, update: Update, data: RunData, model: nn.Module, device: torch.device) -> References:
+def load_references(args, mitigation: Mitigation, data: RunData, model: nn.Module,
+                    device: torch.device) -> References:
     """The old model (scored as it is) and the teachers the method uses, prepared for training
     (utils.device.fast_teachers). With --freeze-backbone they run as heads on the cached features."""
-    fast = fast_teachers(device, args.precision)
-
     def load(path, role, classes):
         ref, ckpt = load_model(path, role, num_classes=classes, dataset=args.dataset, inputs=input_spec(args))
         check_split(ckpt, path, data.split)
-        return head_on(ref, model.backbone, path) if args.freeze_backbone else ref
+        return prepare_teacher(head_on(ref, model.backbone, path) if args.freeze_backbone else ref, device)
 
-    uses = update.method.references
-    old = prepare_teacher(load(update.old_ckpt, "old", data.num_old), device)
-    teachers = Teachers()
-    if "old" in uses:
-        teachers.old = prepare_teacher(old, device, fast) if fast else old  # folding copies
-    if "new" in uses:
-        teachers.new = prepare_teacher(load(update.new_ckpt, "new", data.num_classes), device, fast)
-    if "ensemble" in uses:
-        members = [prepare_teacher(load(p, "ensemble", data.num_classes), device, fast) for p in update.ensemble]
-        teachers.new = EnsembleMean(members, batched=fast)
+    uses = mitigation.method.references
+    old = load(mitigation.old_ckpt, "old", data.num_old)
+    new = load(mitigation.new_ckpt, "new", data.num_classes) if "new" in uses else None
+    members = [load(p, "ensemble", data.num_classes) for p in mitigation.ensemble] if "ensemble" in uses else []
+    teachers = build_teachers(uses, device, fast_teachers(device, args.precision), old, new, members)
     return References(old, teachers)
 
 
@@ -272,15 +268,15 @@ def non_finite_message(err: NonFiniteLoss, out_dir: Path, history: list, args, s
 
 
 def write_outputs(args, role: str, out_dir: Path, model, data: RunData, test_targets, scores: Scores,
-                  update: Update | None):
+                  mitigation: Mitigation | None):
     """The final files, written only after the run succeeded: the model checkpoint (--save),
     results.json and, for an update, predictions.npz."""
     save_path = checkpoint_path(args, out_dir)
-    atomic_save(model_checkpoint(model, arch=args.arch, num_classes=data.head, embed_dim=args.embed_dim,
+    atomic_save(model_checkpoint(model, arch=args.arch, num_classes=data.head_size, embed_dim=args.embed_dim,
                                  dataset=args.dataset, num_old=data.num_old, role=role,
                                  epoch=args.epochs - 1, metrics=scores.metrics, config=vars(args),
                                  inputs=input_spec(args), split=data.split, weights=model.weights), save_path)
-    if update is not None:
-        write_predictions(out_dir / "predictions.npz", test_targets, scores, data.num_old, update.save_logits)
+    if mitigation is not None:
+        write_predictions(out_dir / "predictions.npz", test_targets, scores, data.num_old, mitigation.save_logits)
     write_json(out_dir / "results.json",
                results_record(role, scores.metrics, save_path, data, model.weights, vars(args)))

@@ -11,8 +11,8 @@ from torchvision import transforms
 from torchvision.io import write_png
 
 from conftest import write_cifar_pickles
-from utils.data import (CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, load_dataset,
-                        num_old_classes, random_crop_flip, stratified_split)
+from utils.data import load_dataset, num_old_classes, stratified_split
+from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, random_crop_flip
 from utils.errors import UserError
 from utils.pil_pipeline import pil_train_loader
 

@@ -4,8 +4,7 @@ import torch
 from torch import nn
 
 from models import build_model
-from utils.engine import EnsembleMean, Teachers, fold_batchnorm
-from utils.runner import prepare_teacher
+from utils.engine import EnsembleMean, Teachers, fold_batchnorm, prepare_teacher
 
 
 def member(seed: int, num_classes: int = 10, arch: str = "resnet18") -> nn.Module:
@@ -46,7 +45,7 @@ def test_batched_ensemble_through_teachers_leaves_the_members_alone(members):
     """In eval mode BatchNorm must not update running statistics, batched or not."""
     before = [m.state_dict()["backbone.bn1.running_mean"].clone() for m in members]
     ensemble = EnsembleMean(members, batched=True)
-    out = Teachers(new=ensemble)(inputs(), amp=False)["new_logits"]
+    out = Teachers(new=ensemble)(inputs(), "fp32")["new_logits"]
     assert out.shape == (4, 10) and not out.requires_grad
     for m, b in zip(members, before):
         assert torch.equal(m.state_dict()["backbone.bn1.running_mean"], b)
@@ -79,7 +78,7 @@ def test_folded_batchnorm_gives_the_same_logits(arch):
 def test_prepared_teachers_fold_and_batch_together():
     """The runner's CUDA recipe, on the CPU: folded members, then a batched ensemble."""
     raw = [member(seed) for seed in range(2)]
-    prepared = [prepare_teacher(member(seed), torch.device("cpu"), fold_bn=True) for seed in range(2)]
+    prepared = [prepare_teacher(member(seed), torch.device("cpu"), fast=True) for seed in range(2)]
     x = inputs()
     with torch.inference_mode():
         torch.testing.assert_close(EnsembleMean(prepared, batched=True)(x), EnsembleMean(raw)(x),

@@ -106,10 +106,10 @@ def script_command(script: str, *args) -> list[str]:
     return [sys.executable, str(REPO / script), *map(str, args)]
 
 
-def run_script(script: str, *args, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python <script> args...`` from the repository, as a user would; returns the
-    completed process (text stdout/stderr, returncode)."""
-    return subprocess.run(script_command(script, *args), cwd=cwd or REPO, env=script_env(),
+def run_script(script: str, *args, cwd=None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python <script> args...`` from the repository, as a user would (``env``: variables
+    added to ``script_env()``); returns the completed process (text stdout/stderr, returncode)."""
+    return subprocess.run(script_command(script, *args), cwd=cwd or REPO, env={**script_env(), **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -132,6 +132,19 @@ def file_hashes(*paths) -> dict:
 
 def assert_ok(proc: subprocess.CompletedProcess):
     assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
+def assert_user_error(result, *words) -> str:
+    """Exit code 2, no traceback, and exactly one "error:" line, the last one, with ``words``;
+    returns that line."""
+    assert result.returncode == 2, f"exit code {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), result.stderr
+    assert sum(line.startswith("error:") for line in lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[-1], f"{word!r} not in: {lines[-1]}"
+    return lines[-1]
 
 
 @pytest.fixture(scope="session")
@@ -164,6 +177,26 @@ def new_ckpt(tiny_data, tmp_path_factory) -> Path:
     return train_reference("new", tiny_data, tmp_path_factory)
 
 
+# The shared reference fixtures above train at lr 0.1 for a few steps, which leaves their
+# BatchNorm statistics unsettled and their eval-mode logits huge (|z| ~ 1e5): fine for
+# cross-entropy and KL, but the logit-matching terms of ELODI and *_LM would diverge, and a
+# non-finite loss is blamed on them. These references train gently.
+GENTLE = ("--lr", 0.01, "--batch-size", 32)
+
+
+@pytest.fixture(scope="session")
+def gentle_refs(tiny_data, tmp_path_factory):
+    """(old checkpoint, new checkpoint, folder of a 2-member ensemble whose ckpt_0.pth is the new
+    checkpoint), trained gently (GENTLE) for one epoch."""
+    folder = tmp_path_factory.mktemp("gentle-refs")
+    run_inline("train_old_model.py", *common_args(tiny_data), *GENTLE, "--save", folder / "old.pth",
+               "--output-dir", folder / "old")
+    for i in range(2):
+        run_inline("train_new_model.py", *common_args(tiny_data), *GENTLE, "--seed", i,
+                   "--save", folder / "ensemble" / f"ckpt_{i}.pth", "--output-dir", folder / f"new{i}")
+    return folder / "old.pth", folder / "ensemble" / "ckpt_0.pth", folder / "ensemble"
+
+
 @pytest.fixture
 def fake_run():
     """Write a results.json like that of a finished run, without training: ``fake_run(folder,
@@ -191,16 +224,16 @@ def fake_run():
 
 
 @pytest.fixture(scope="session")
-def tiny_sweep(tiny_data, old_ckpt, new_ckpt, tmp_path_factory) -> Path:
+def tiny_sweep(tiny_data, tmp_path_factory) -> Path:
     """tools/sweep_b.sh over b in {0, 2} for MPT_KL: one-epoch runs of a --embed-dim 2 model with
-    a --val-fraction 0.25 hold-out, then its tables, figure and selected b. Run from a folder
-    other than the repository, as a user may."""
+    a --val-fraction 0.25 hold-out (so the sweep trains its own reference models on the same
+    split, under refs/), then its tables, figure and selected b. Run from a folder other than the
+    repository, as a user may."""
     work = tmp_path_factory.mktemp("sweep")
     env = dict(script_env(), BS="0 2", METHODS="MPT_KL", PYTHON=sys.executable)
     proc = subprocess.run(
         ["bash", str(REPO / "tools" / "sweep_b.sh"), str(work / "sweep"),
-         *common_args(tiny_data, embed_dim=2, val_fraction=0.25, precision="fp32"),
-         "--old-ckpt", str(old_ckpt), "--new-ckpt", str(new_ckpt)],
+         *common_args(tiny_data, embed_dim=2, val_fraction=0.25)],
         cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert_ok(proc)
     return work / "sweep"

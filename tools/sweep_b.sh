@@ -4,6 +4,12 @@
 #
 # usage: tools/sweep_b.sh SWEEP_DIR [main.py flags ...]
 #   e.g. tools/sweep_b.sh runs/sweep_b --config configs/cifar100_resnet18.yaml --val-fraction 0.1
+# With --val-fraction F (given here or in --config) b is selected on a hold-out that the reference
+# models must not have trained on: the sweep first trains the old and new models itself, with the
+# same F and --split-seed and those of the flags that train_old_model.py / train_new_model.py take
+# (the config's old: and new: sections included), into SWEEP_DIR/refs/{old,new}, and every run
+# uses them. An --old-ckpt or --new-ckpt given on the command line is used instead (main.py
+# refuses it unless it was trained with the same F and --split-seed).
 # environment:
 #   BS="0 0.5 1 2 3 4 5 6"   the grid of b
 #   METHODS="MPT_KL MPT_LM"  the methods
@@ -31,6 +37,51 @@ read -ra seeds <<< "${SEEDS:-42}"
 py=${PYTHON:-python}
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # for python -m tools.* from any folder
 
+# The reference models of a --val-fraction sweep: one line "ROLE FLAGS" (shell-quoted) per
+# reference model to train, none without --val-fraction.
+references=$("$py" - "${extra[@]}" <<'PY'
+import shlex
+import sys
+
+import main
+import train_new_model
+import train_old_model
+from utils.cli import parse
+from utils.errors import UserError
+
+argv = sys.argv[1:]
+try:
+    args = parse(main.build_parser(), argv, section="update")
+except UserError as err:
+    sys.exit(f"error: {err}")
+if args.val_fraction > 0:
+    every = main.build_parser()._option_string_actions
+    for role, script in (("old", train_old_model), ("new", train_new_model)):
+        if any(a == f"--{role}-ckpt" or a.startswith(f"--{role}-ckpt=") for a in argv):
+            continue  # given: main.py checks its split
+        takes = script.build_parser()._option_string_actions
+        flags, i = [], 0
+        while i < len(argv):
+            name = argv[i].split("=", 1)[0]
+            action = every.get(name)
+            n = 1 + (action is not None and action.nargs != 0 and "=" not in argv[i])
+            if name in takes and name not in ("--output-dir", "--save", "--resume"):
+                flags += argv[i:i + n]
+            i += n
+        flags += ["--val-fraction", repr(args.val_fraction), "--split-seed", str(args.split_seed)]
+        print(role, shlex.join(flags))
+PY
+)
+reference_flags=()
+while read -r role flags; do
+    [ -n "$role" ] || continue
+    eval "role_flags=($flags)"
+    out="$sweep/refs/$role"
+    train_run "$out" "$out/results.json" "$root/train_${role}_model.py" "${role_flags[@]}" \
+        --output-dir "$out" --save "$out/ckpt_$role.pth"
+    reference_flags+=("--$role-ckpt" "$out/ckpt_$role.pth")
+done <<< "$references"
+
 grid=()
 for m in "${methods[@]}"; do
     for b in "${bs[@]}"; do
@@ -45,7 +96,7 @@ train() {
     read -r m b s <<< "${grid[$1]}"
     out="$sweep/$m/b$b/seed$s"
     # The sweep's own flags come last: they win over the same flags among the extra ones.
-    train_run "$out" "$out/results.json" "$root/main.py" "${extra[@]}" \
+    train_run "$out" "$out/results.json" "$root/main.py" "${extra[@]}" "${reference_flags[@]}" \
         --method "$m" --b "$b" --seed "$s" --output-dir "$out"
 }
 

@@ -2,6 +2,7 @@
 import csv
 import json
 import subprocess
+import sys
 
 from conftest import REPO, script_env
 
@@ -19,11 +20,44 @@ def test_sweep_trains_each_b_and_summarises(tiny_sweep):
         records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         assert all(set(r["metrics"]["val"]) == METRIC_KEYS for r in records)
     rows = list(csv.DictReader((tiny_sweep / "tables.csv").open()))
-    assert [(r["row"], r["runs"]) for r in rows] == [("MPT_KL (b=0)", "1"), ("MPT_KL (b=2)", "1")]
+    assert [(r["row"], r["runs"]) for r in rows] == [
+        ("Old model", "1"), ("New model", "1"), ("MPT_KL (b=0)", "1"), ("MPT_KL (b=2)", "1")]
     assert "MPT_KL (b=2)" in (tiny_sweep / "tables.md").read_text()
     assert (tiny_sweep / "b_sweep.png").stat().st_size > 1000
     selected = json.loads((tiny_sweep / "selected_b.json").read_text())
     assert [(s["method"], s["b"] in (0.0, 2.0)) for s in selected] == [("MPT_KL", True)]
+
+
+def test_val_fraction_sweep_trains_its_references_on_the_same_split(tiny_sweep):
+    """The reference models of a --val-fraction sweep held out the runs' validation images: the
+    sweep trained them (refs/) with the same split and every run was scored against them."""
+    from utils.checkpoint import read_checkpoint
+
+    refs = {role: tiny_sweep / "refs" / role / f"ckpt_{role}.pth" for role in ("old", "new")}
+    for b in (0.0, 2.0):
+        results = json.loads((tiny_sweep / "MPT_KL" / f"b{b:g}" / "seed42" / "results.json").read_text())
+        assert results["config"]["old_ckpt"] == str(refs["old"])
+        assert results["config"]["new_ckpt"] == str(refs["new"])
+        assert results["split"]["val_fraction"] == 0.25
+        for ckpt in refs.values():
+            assert read_checkpoint(ckpt)["split"] == results["split"]
+            assert read_checkpoint(ckpt)["embed_dim"] == 2  # the sweep's flags reached them
+
+
+def test_sweep_with_references_of_another_split_fails(tiny_data, old_ckpt, new_ckpt, tmp_path):
+    """References given on the command line are used as they are: trained on the whole training
+    set, main.py refuses them for a --val-fraction run, and the sweep trains none of its own."""
+    from conftest import common_args
+
+    proc = subprocess.run(
+        ["bash", str(REPO / "tools" / "sweep_b.sh"), str(tmp_path / "sweep"),
+         *common_args(tiny_data, val_fraction=0.25), "--old-ckpt", str(old_ckpt), "--new-ckpt", str(new_ckpt)],
+        cwd=tmp_path, env=dict(script_env(), BS="0", METHODS="MPT_KL", PYTHON=sys.executable),
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert not (tmp_path / "sweep" / "refs").exists()
+    log = (tmp_path / "sweep" / "MPT_KL" / "b0" / "seed42" / "train.log").read_text()
+    assert "trained on the whole training set" in log and "--val-fraction 0.25 --split-seed 42" in log
 
 
 def bash(script: str, **env) -> subprocess.CompletedProcess:

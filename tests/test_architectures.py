@@ -1,15 +1,18 @@
 """Architecture updates (Table 2), a frozen ViT-B/32 trained on cached features (Table 4),
-pretrained weights without network, and a 2-d embedding (Figure 3)."""
+pretrained weights that cannot be loaded (an error unless --allow-random-weights), and a 2-d
+embedding (Figure 3)."""
 import json
 
 import pytest
 import torch
+import torchvision
 from torchvision.models import VisionTransformer
 
 from conftest import NUM_OLD, common_args, run_inline
 from models import build_model
 from models.zoo import Classifier
 from utils.checkpoint import load_model, read_checkpoint
+from utils.errors import UserError
 
 
 def test_resnet18_old_to_resnet50_new_and_updated(tiny_data, old_ckpt, tmp_path):
@@ -53,16 +56,42 @@ def test_frozen_head_refuses_a_reference_trained_on_another_backbone(tiny_data, 
     assert "frozen backbone" in capsys.readouterr().err
 
 
-def test_pretrained_weights_unavailable_warn_and_start_random(monkeypatch, capsys):
+@pytest.fixture
+def offline_weights(monkeypatch):
+    """torchvision's weights cannot be had (as without network and without a cached copy)."""
     from torchvision.models._api import WeightsEnum
 
     def offline(self, *args, **kwargs):
         raise OSError("no network")
 
     monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+
+
+def test_pretrained_weights_unavailable_are_an_error(offline_weights, capsys):
+    with pytest.raises(UserError) as err:
+        build_model("resnet18", 3, pretrained=True)
+    message = str(err.value)
+    assert "cannot load the pretrained resnet18 weights" in message and "no network" in message
+    assert "--allow-random-weights" in message
+    assert "RANDOM" not in capsys.readouterr().err
+
+
+def test_pretrained_weights_unavailable_allowed_start_random(offline_weights, capsys):
     torch.manual_seed(0)
+    model = build_model("resnet18", 3, pretrained=True, allow_random_weights=True)
+    assert isinstance(model, Classifier) and model.weights is None
+    assert "RANDOM weights" in capsys.readouterr().err
+    assert build_model("resnet18", 3).weights is None
+
+
+def test_loaded_pretrained_weights_are_named(monkeypatch):
+    """Weights that load are recorded by name (results.json and the checkpoint say "weights")."""
+    from torchvision.models._api import WeightsEnum
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict",
+                        lambda self, *a, **k: torchvision.models.resnet18().state_dict())
     model = build_model("resnet18", 3, pretrained=True)
-    assert isinstance(model, Classifier) and "RANDOM weights" in capsys.readouterr().err
+    assert model.weights == "ResNet18_Weights.IMAGENET1K_V1"
 
 
 def test_pretrained_vit_needs_its_input_size(tmp_path, capsys):

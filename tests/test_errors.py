@@ -5,24 +5,13 @@ existing run folder and --save file stay byte-identical, and a new run folder is
 Most cases call the script's main() in this process (a subprocess costs seconds of imports);
 a few run as real subprocesses to show the same from the outside.
 """
+import json
 import shutil
 
 import pytest
 import torch
 
-from conftest import common_args, file_hashes, run_script
-
-
-def assert_user_error(result, *words):
-    """Exit code 2, no traceback, and exactly one "error:" line, the last one, with ``words``."""
-    assert result.returncode == 2, f"exit code {result.returncode}\n{result.stdout}\n{result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: "), result.stderr
-    assert sum(line.startswith("error:") for line in lines) == 1, result.stderr
-    for word in words:
-        assert word in lines[-1], f"{word!r} not in: {lines[-1]}"
-    return lines[-1]
+from conftest import assert_user_error, common_args, file_hashes, run_script
 
 
 @pytest.fixture
@@ -124,7 +113,7 @@ def data_copy(tiny_data, tmp_path):
     ("train without test", ["has train/ but no test/", "train/<class>/*", "test/<class>/*"]),
     ("test without train", ["has test/ but no train/"]),
     ("empty class folder", ["no images in", "class03"]),
-    ("class folders differ", ["same class folders"]),
+    ("class folders differ", ["same class folders", "only in", "train: class09", "test: class99"]),
     ("unreadable image", ["cannot decode the image", "000.png"]),
     ("root is a file", ["is a file", "give the folder"]),
     ("another class count", ["holds 10 classes but cifar100 has 100", "--dataset"]),
@@ -162,6 +151,39 @@ def test_data_set_that_cannot_be_downloaded(tmp_path, existing):
                       "torchvision's cifar10 files", "train/<class>/*.png", "test/<class>/*.png")
     assert existing.hashes() == before
     assert not existing.fresh_dir.exists() and not root.exists()
+
+
+# --- pretrained weights ------------------------------------------------------------------
+
+def test_pretrained_weights_that_cannot_be_loaded(existing, tiny_data, tmp_path):
+    """--pretrained without network and without a cached copy (an empty TORCH_HOME): one error
+    line, exit code 2, and nothing written; the run never goes on with random weights."""
+    before = existing.hashes()
+    save = tmp_path / "ckpt_pretrained.pth"
+    result = run_script("train_old_model.py", *common_args(tiny_data), "--pretrained",
+                        "--output-dir", existing.fresh_dir, "--save", save,
+                        env={"TORCH_HOME": str(tmp_path / "empty-torch-home")})
+    line = assert_user_error(result, "cannot load the pretrained resnet18 weights", "--allow-random-weights")
+    assert result.stderr.strip() == line  # the only line
+    assert "RANDOM" not in result.stderr
+    assert existing.hashes() == before
+    assert not existing.fresh_dir.exists() and not save.exists()
+
+
+def test_pretrained_weights_missing_but_random_weights_allowed(tiny_data, tmp_path):
+    """--allow-random-weights: a warning, a run from a random backbone, and weights: null in
+    results.json and the checkpoint."""
+    from conftest import assert_ok
+    from utils.checkpoint import read_checkpoint
+
+    out, save = tmp_path / "run", tmp_path / "ckpt.pth"
+    result = run_script("train_old_model.py", *common_args(tiny_data), "--pretrained", "--allow-random-weights",
+                        "--output-dir", out, "--save", save, env={"TORCH_HOME": str(tmp_path / "empty-torch-home")})
+    assert_ok(result)
+    assert "warning: cannot load the pretrained resnet18 weights" in result.stderr and "RANDOM" in result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["weights"] is None and results["config"]["pretrained"] is True
+    assert read_checkpoint(save)["weights"] is None
 
 
 # --- names and hyperparameters -----------------------------------------------------------

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -93,7 +94,8 @@ def test_resumed_update_equals_uninterrupted_run(update_args, uninterrupted_upda
     assert results(run_dir) == results(reference)
     assert epoch_records(run_dir) == epoch_records(reference)
     with np.load(run_dir / "predictions.npz") as got, np.load(reference / "predictions.npz") as want:
-        assert set(got.files) == set(want.files) == {"targets", "old_pred", "pred"}
+        assert set(got.files) == set(want.files) == {"targets", "old_pred", "pred", "num_old", "logits",
+                                                     "old_logits"}
         for name in want.files:
             np.testing.assert_array_equal(got[name], want[name])
     assert_same_checkpoint(run_dir / "checkpoint.pth", reference / "checkpoint.pth")
@@ -206,25 +208,91 @@ def test_exploding_loss_stops_before_the_first_checkpoint(tiny_data, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: the training loss became non-finite in epoch 1/2, step ")
+    assert "(terms on that batch: loss " in line  # a plain cross-entropy is one term, "loss"
     assert "no good checkpoint yet" in line and "Lower --lr" in line
     assert file_hashes(save) == before
     assert not (tmp_path / "run" / "state.pth").exists()
 
 
+def non_finite(method, num_classes=10, terms=None, teacher_max=None, history=(), tmp_path=Path("run")):
+    """The message of a non-finite loss at step 6 of 10 in epoch 1 of 5 for ``method``."""
+    return utils.runner.non_finite_message(
+        NonFiniteLoss(0, 5, terms, teacher_max), tmp_path, list(history), SimpleNamespace(epochs=5), 10,
+        get_method(method), torch.arange(num_classes))
+
+
 @pytest.mark.parametrize("method", method_names())
-def test_non_finite_message_names_the_flags_that_weigh_the_method_terms(method, tmp_path):
+def test_non_finite_message_names_the_flags_that_weigh_the_method_terms(method):
     """Logit-matching methods diverge at lr 0.1 with few classes; the message says what to lower,
-    and every flag it names is one that main.py takes."""
-    loss_fn = get_method(method)
-    flags = tuple(method_flag(w) for w in loss_fn.term_weights)
-    message = utils.runner.non_finite_message(NonFiniteLoss(0, 5), tmp_path, [], SimpleNamespace(epochs=5), 10,
-                                              loss_fn, np.arange(10))
+    every flag it names is one that main.py takes, and the --lm-weight advice for 10 classes
+    appears for the logit-matching methods alone."""
+    flags = tuple(method_flag(w) for w in get_method(method).term_weights)
+    message = non_finite(method)
     assert message.startswith("the training loss became non-finite in epoch 1/5, step 6/10; ")
     options = {opt for action in main.build_parser()._actions for opt in action.option_strings}
     assert set(flags) <= options
     for flag in ("--lr", *flags):
         assert flag in message
-    assert ("--lm-weight 0.04" in message) == ("LM" in method and "ELODI" not in method)
+    logit_matching = "LM" in method and "ELODI" not in method
+    assert ("--lm-weight 0.04" in message) == logit_matching
+    assert "--lm-weight 0.04" not in non_finite(method, num_classes=100)  # CIFAR-100: the official 0.4
+
+
+def test_non_finite_message_gives_the_terms_and_blames_huge_teacher_logits():
+    message = non_finite("MPT_KL", terms={"ce_b": 2.5, "distill_old": float("inf"), "distill_new": 0.75},
+                         teacher_max={"old": 3.0e6, "new": 4.0})
+    assert "(terms on that batch: ce_b 2.5, distill_old inf, distill_new 0.75)" in message
+    assert "the old reference model's" in message and "|z| = 3e+06" in message
+    assert "the new reference model's" not in message  # its logits were of ordinary size
+    assert "Lower --lr" not in message
+    calm = non_finite("MPT_KL", teacher_max={"old": 30.0, "new": 4.0})
+    assert "reference model" not in calm and "Lower --lr" in calm
+
+
+@pytest.mark.parametrize("method, lm_advice", [("MPT_LM", True), ("PCT_KL", False)])
+def test_diverging_update_names_its_step_and_terms(call_script, tiny_data, gentle_refs, tmp_path, method, lm_advice):
+    """An update pushed to diverge (--lr 1e30) with gently trained references: the message gives
+    the step and each term's value, blames no reference model, and advises --lm-weight 0.04 only
+    for a logit-matching method on 10 classes."""
+    old_ckpt, new_ckpt, _ = gentle_refs
+    result = call_script("main.py", *common_args(tiny_data), "--method", method, "--lr", "1e30",
+                         "--log-every", "1", "--old-ckpt", old_ckpt, "--new-ckpt", new_ckpt,
+                         "--output-dir", tmp_path / "run")
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert line.startswith("error: the training loss became non-finite in epoch 1/1, step ")
+    terms = {"MPT_LM": ("ce_b", "distill_old", "distill_new"), "PCT_KL": ("ce", "distill_old")}[method]
+    assert f"(terms on that batch: {terms[0]} " in line and all(f" {t} " in line for t in terms)
+    assert "reference model" not in line and "Lower --lr" in line
+    assert ("--lm-weight 0.04" in line) == lm_advice
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def scaled_head(ckpt, path, scale):
+    """A copy of checkpoint ``ckpt`` whose classifier weights and bias are multiplied by ``scale``."""
+    saved = read_checkpoint(ckpt)
+    weights = dict(saved["model"])
+    heads = [k for k in weights if k.split(".")[-2:-1] == ["fc"]]
+    assert heads, list(weights)
+    for k in heads:
+        weights[k] = weights[k] * scale
+    atomic_save({**saved, "model": weights}, path)
+    return path
+
+
+def test_huge_reference_logits_are_named(call_script, tiny_data, gentle_refs, tmp_path):
+    """An old model whose logits are a million times too large: the logit-matching loss
+    diverges, and the message names that model's |logit| instead of advising a lower --lr."""
+    old_ckpt, new_ckpt, _ = gentle_refs
+    huge = scaled_head(old_ckpt, tmp_path / "huge_old.pth", 1e6)
+    result = call_script("main.py", *common_args(tiny_data), "--method", "MPT_LM", "--log-every", "1",
+                         "--old-ckpt", huge, "--new-ckpt", new_ckpt, "--output-dir", tmp_path / "run")
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert line.startswith("error: the training loss became non-finite")
+    assert "the old reference model's" in line and "|z| = " in line
+    assert "the new reference model's" not in line
+    assert "Lower --lr" not in line and "--lm-weight 0.04" not in line
 
 
 def test_nan_loss_names_the_last_good_checkpoint(call_script, tiny_data, tmp_path, monkeypatch):
@@ -251,10 +319,10 @@ def test_nan_loss_names_the_last_good_checkpoint(call_script, tiny_data, tmp_pat
                          "--output-dir", run_dir, "--save", save)
     assert result.returncode == 2
     line = result.stderr.strip()
-    assert line == (f"error: the training loss became non-finite in epoch 2/3, step 2/3; the last "
-                    f"good checkpoint is {run_dir / 'state.pth'} (after epoch 1/3); nothing was "
-                    "overwritten. Lower --lr or check the data and hyperparameters, and start the "
-                    "run again")
+    assert line == (f"error: the training loss became non-finite in epoch 2/3, step 2/3 (terms on that "
+                    f"batch: loss nan); the last good checkpoint is {run_dir / 'state.pth'} (after epoch "
+                    "1/3); nothing was overwritten. Lower --lr, or check the data and hyperparameters, "
+                    "and start the run again")
     assert state_at_failure and file_hashes(run_dir / "state.pth") == state_at_failure
     assert torch.load(run_dir / "state.pth", weights_only=False)["epoch"] == 0
     assert file_hashes(save) == before_save

@@ -4,8 +4,10 @@ and reference checkpoints trained once per session."""
 import hashlib
 import importlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402  (after the path setup, like every import of the repository)
+from torch import nn  # noqa: E402
+
+from models import build_model  # noqa: E402
 
 # The tests run tiny models on a small shared CPU: more threads than one only fight over it.
 torch.set_num_threads(1)
@@ -128,6 +133,39 @@ def file_hashes(*paths) -> dict:
         for f in files:
             out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None
     return out
+
+
+def kill_after_first_epoch(command: list, run_dir: Path, env: dict, timeout: float = 300, settle: float = 0.0):
+    """Start ``command`` (its run folder ``run_dir``) and SIGKILL it once the state of epoch 1 is
+    saved (``settle`` seconds later: into epoch 2's steps); check that it really was cut short."""
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (run_dir / "state.pth").exists():
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert time.monotonic() < deadline, f"no state.pth after {timeout:.0f} s"
+            time.sleep(0.005)
+        time.sleep(settle)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
+
+
+def busy_batchnorm_model(seed: int, arch: str = "resnet18", num_classes: int = 10):
+    """A random model in eval mode whose BatchNorm layers are far from the identity, so that a
+    wrong use of their statistics or affine parameters shows (folding, vmapped ensembles)."""
+    torch.manual_seed(seed)
+    model = build_model(arch, num_classes)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval().requires_grad_(False)
 
 
 def assert_ok(proc: subprocess.CompletedProcess):

@@ -24,17 +24,16 @@ rounding is expected, and those tests use tolerances.
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from conftest import REPO, assert_ok, common_args, script_command, script_env, write_tiny_dataset
+from conftest import (REPO, assert_ok, busy_batchnorm_model, common_args, kill_after_first_epoch,
+                      script_command, script_env, write_tiny_dataset)
 
 CUDA = torch.cuda.is_available()
 GPUS = torch.cuda.device_count() if CUDA else 0
@@ -74,19 +73,7 @@ def strict_fp32():
 
 
 def teacher_like(seed: int, arch: str = "resnet18", num_classes: int = 10) -> nn.Module:
-    """A random model in eval mode whose BatchNorm layers are far from the identity, so that a
-    wrong use of their statistics or affine parameters shows (as in tests/utils/test_engine.py)."""
-    from models import build_model
-
-    torch.manual_seed(seed)
-    model = build_model(arch, num_classes)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model.eval().requires_grad_(False)
+    return busy_batchnorm_model(seed, arch, num_classes)
 
 
 def normal_inputs(n: int = 32, seed: int = 0) -> torch.Tensor:
@@ -332,22 +319,9 @@ def model_weights(path) -> dict:
 
 
 def run_killed_after_epoch_1(script, args, run_dir, gpus: int | None = None):
-    """Start the command and SIGKILL it as soon as the state of epoch 1 is saved (so in epoch 2
-    of 2); check that it really was cut short."""
-    proc = subprocess.Popen(script_command(script, *args, "--output-dir", run_dir), cwd=REPO,
-                            env=gpu_env(gpus), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 600
-        while not (run_dir / "state.pth").exists():
-            assert proc.poll() is None, proc.communicate()[1].decode()
-            assert time.monotonic() < deadline, "no state.pth after 600 s"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
+    """The command SIGKILLed as soon as the state of epoch 1 is saved (so in epoch 2 of 2)."""
+    kill_after_first_epoch(script_command(script, *args, "--output-dir", run_dir), run_dir, gpu_env(gpus),
+                           timeout=600)
     assert torch.load(run_dir / "state.pth", map_location="cpu", weights_only=False)["epoch"] == 0
 
 

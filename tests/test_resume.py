@@ -17,7 +17,8 @@ import torch
 import main
 import utils.checkpoint
 import utils.runner
-from conftest import REPO, assert_ok, common_args, file_hashes, run_script, script_command, script_env
+from conftest import (REPO, assert_ok, common_args, file_hashes, kill_after_first_epoch, run_script,
+                      script_command, script_env)
 from methods import get_method, method_names
 from utils.checkpoint import atomic_save, read_checkpoint
 from utils.cli import default_output_dir, method_flag, parse
@@ -41,23 +42,8 @@ def epoch_records(run_dir):
 
 
 def run_killed_in_epoch_2(script, args, run_dir):
-    """Start the command, SIGKILL it once the state of epoch 1 is saved (so during epoch 2),
-    and check that it really was cut short."""
-    proc = subprocess.Popen(script_command(script, *args, "--output-dir", run_dir), env=script_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while not (run_dir / "state.pth").exists():
-            assert proc.poll() is None, proc.communicate()[1].decode()
-            assert time.monotonic() < deadline, "no state.pth after 300 s"
-            time.sleep(0.02)
-        time.sleep(0.1)  # into epoch 2's training steps
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
+    kill_after_first_epoch(script_command(script, *args, "--output-dir", run_dir), run_dir, script_env(),
+                           settle=0.1)  # into epoch 2's training steps
     state = torch.load(run_dir / "state.pth", map_location="cpu", weights_only=False)
     assert state["epoch"] < EPOCHS - 1
 

@@ -169,7 +169,7 @@ def test_ci_adds_the_nfr_interval_of_runs_with_predictions(tmp_path, fake_run, c
     kl = [fake_run(tmp_path / f"kl{s}", method="MPT_KL", seed=s, nfr=1.0) for s in (1, 2)]
     nt = [fake_run(tmp_path / f"nt{s}", method="No_Treatment", seed=s, nfr=1.0) for s in (1, 2)]
     fake_run(tmp_path / "lm", method="MPT_LM", nfr=1.0)
-    (nfr1, ci1), (nfr2, ci2), (_, ci_nt) = (write_predictions(kl[0], 1), write_predictions(kl[1], 2),
+    (nfr1, ci1), (_, ci2), (_, ci_nt) = (write_predictions(kl[0], 1), write_predictions(kl[1], 2),
                                             write_predictions(nt[0], 3))
     assert ci1[0] < nfr1 < ci1[1] and ci1 != ci2
     tables.main([str(tmp_path), "--print"])

@@ -3,22 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from models import build_model
+from conftest import busy_batchnorm_model
 from utils.engine import EnsembleMean, Teachers, fold_batchnorm, prepare_teacher
 
 
 def member(seed: int, num_classes: int = 10, arch: str = "resnet18") -> nn.Module:
-    """A model in eval mode whose BatchNorm layers are far from the identity, so that a wrong
-    use of their statistics or affine parameters shows."""
-    torch.manual_seed(seed)
-    model = build_model(arch, num_classes)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model.eval().requires_grad_(False)
+    return busy_batchnorm_model(seed, arch, num_classes)
 
 
 @pytest.fixture(scope="module")

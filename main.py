@@ -2,24 +2,13 @@
 ER, NFR and Rel-NFR against the old model every epoch."""
 from pathlib import Path
 
-from methods import method_names
-from utils.cli import add_method_flags, base_parser, default_output_dir, method_from_args, parse, validate
+from utils.cli import default_output_dir, method_from_args, parse, update_parser, validate
 from utils.errors import UserError, exit_on_user_error
 from utils.runner import Mitigation, run
 
 
 def build_parser():
-    p = base_parser(__doc__)
-    p.add_argument("--method", default="MPT_KL", help=f"one of {', '.join(method_names())}")
-    p.add_argument("--old-ckpt", default="checkpoint/ckpt_old.pth", help="old model (train_old_model.py)")
-    p.add_argument("--new-ckpt", default="checkpoint/ckpt_new.pth", help="new reference model (train_new_model.py)")
-    p.add_argument("--ensemble-dir", default="checkpoint/ensemble_models", help="ELODI members ckpt_0.pth, ckpt_1.pth, ...")
-    p.add_argument("--ensemble-size", type=int, default=8)
-    p.add_argument("--save-logits", action="store_true",
-                   help="store the test logits in predictions.npz for more than 100 classes too (up to 100 "
-                        "they always are)")
-    add_method_flags(p)  # --b, --alpha, ...: the hyperparameters of the methods in methods/
-    return p
+    return update_parser(__doc__)
 
 
 def ensemble_members(args) -> list:

@@ -43,23 +43,20 @@ references=$("$py" - "${extra[@]}" <<'PY'
 import shlex
 import sys
 
-import main
-import train_new_model
-import train_old_model
-from utils.cli import parse
+from utils.cli import base_parser, parse, update_parser
 from utils.errors import UserError
 
 argv = sys.argv[1:]
 try:
-    args = parse(main.build_parser(), argv, section="update")
+    args = parse(update_parser(""), argv, section="update")
 except UserError as err:
     sys.exit(f"error: {err}")
 if args.val_fraction > 0:
-    every = main.build_parser()._option_string_actions
-    for role, script in (("old", train_old_model), ("new", train_new_model)):
+    every = update_parser("")._option_string_actions
+    takes = base_parser("")._option_string_actions  # the reference models' scripts' flags
+    for role in ("old", "new"):
         if any(a == f"--{role}-ckpt" or a.startswith(f"--{role}-ckpt=") for a in argv):
             continue  # given: main.py checks its split
-        takes = script.build_parser()._option_string_actions
         flags, i = [], 0
         while i < len(argv):
             name = argv[i].split("=", 1)[0]

@@ -156,6 +156,22 @@ def method_from_args(args):
     return get_method(args.method, **values)
 
 
+def update_parser(description: str) -> argparse.ArgumentParser:
+    """main.py's flags: the shared ones, the method and its reference models, and one flag per
+    hyperparameter of the methods in methods/ (``add_method_flags``)."""
+    p = base_parser(description)
+    p.add_argument("--method", default="MPT_KL", help=f"one of {', '.join(method_names())}")
+    p.add_argument("--old-ckpt", default="checkpoint/ckpt_old.pth", help="old model (train_old_model.py)")
+    p.add_argument("--new-ckpt", default="checkpoint/ckpt_new.pth", help="new reference model (train_new_model.py)")
+    p.add_argument("--ensemble-dir", default="checkpoint/ensemble_models", help="ELODI members ckpt_0.pth, ckpt_1.pth, ...")
+    p.add_argument("--ensemble-size", type=int, default=8)
+    p.add_argument("--save-logits", action="store_true",
+                   help="store the test logits in predictions.npz for more than 100 classes too (up to 100 "
+                        "they always are)")
+    add_method_flags(p)  # --b, --alpha, ...: the hyperparameters of the methods in methods/
+    return p
+
+
 # A config's sections: the flags under one of these keys apply to that script only.
 CONFIG_SECTIONS = {"old": "train_old_model.py", "new": "train_new_model.py", "update": "main.py"}
 

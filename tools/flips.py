@@ -283,6 +283,11 @@ def _num(x, digits=2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _p_value(p) -> str:
+    # Small p-values in scientific notation: "0.0000" would hide how small they are.
+    return f"{p:.1e}" if p is not None and p < 1e-3 else _num(p, 4)
+
+
 def _ci(value, interval) -> str:
     return f"{_num(value)} [{_num(interval[0])}, {_num(interval[1])}]"
 
@@ -302,7 +307,7 @@ def markdown(entries: list[dict], pair_list: list[dict], runs: list[dict], confi
         out += [f"| a | b | NFR(a) - NFR(b) [{level}, paired] | a only / b only flips | McNemar p |",
                 "| ---: | ---: | ---: | ---: | ---: |"]
         out += [f"| {p['a']} | {p['b']} | {_ci(p['nfr_diff'], p['nfr_diff_ci'])} | {p['n01']} / {p['n10']} | "
-                f"{_num(p['mcnemar_p'], 4)} |" for p in pair_list]
+                f"{_p_value(p['mcnemar_p'])} |" for p in pair_list]
     else:
         out.append("No two runs share the test set and the old model's predictions.")
     out += ["", f"### Most frequent negative flips (true class -> updated prediction, top {TOP_FLIPS})", ""]
@@ -376,15 +381,21 @@ def plot_margins(entries: list[dict], runs: list[dict], out: Path):
             olds.setdefault(runs[i]["arrays"]["old_pred"].tobytes(), (i, m["old"]))
     values = [m["new"] for _, _, m in shown] + [g for _, g in olds.values()]
     values = np.concatenate([v for v in values if len(v)]) if any(len(v) for v in values) else np.zeros(1)
-    bins = np.linspace(values.min(), values.max() if values.max() > values.min() else values.min() + 1, 60)
+    # The axis spans the central 99.8% of all margins; the few beyond are counted in the edge bins,
+    # so that outliers do not squeeze the bulk of the distribution into a few bins.
+    low, high = np.percentile(values, [0.1, 99.9])
+    bins = np.linspace(low, high if high > low else low + 1, 60)
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, g in olds.values():
-        ax.hist(g, bins=bins, histtype="stepfilled", color="grey", alpha=0.35,
+        ax.hist(np.clip(g, low, high), bins=bins, histtype="stepfilled", color="grey", alpha=0.35,
                 label="old model" if len(olds) == 1 else f"old model (of run {i})")
     for i, e, m in shown:
-        ax.hist(m["new"], bins=bins, histtype="step", lw=1.5, color=f"C{i % 10}", label=_label(i, e))
+        share = e["margin"]["share_below_zero_of_old_correct"]
+        below = "" if share is None else f" ({_num(share, 1)}% of the old model's correct < 0)"
+        ax.hist(np.clip(m["new"], low, high), bins=bins, histtype="step", lw=1.5, color=f"C{i % 10}",
+                label=_label(i, e) + below)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("margin z_y - max_{j != y} z_j (old-class test samples)")
+    ax.set_xlabel("margin z_y - max_{j != y} z_j (old-class test samples; tails in the edge bins)")
     ax.set_ylabel("samples")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -79,6 +79,12 @@ def test_mcnemar_exact_p_hand_computed():
     assert flips.mcnemar_p([0] * 5, [1] * 5) == pytest.approx(2 / 32)
 
 
+def test_small_p_values_keep_their_size_in_the_markdown():
+    assert flips._p_value(0.5) == "0.5000"
+    assert flips._p_value(1.6e-6) == "1.6e-06"
+    assert flips._p_value(None) == "–"
+
+
 def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_more_samples():
     rng = np.random.default_rng(1)
     x = rng.random(200) < 0.3

@@ -20,6 +20,7 @@ def test_every_method_runs_and_its_files_agree(method, tiny_data, gentle_refs, t
 
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["method"] == method
+    assert results["environment"]["torch"] == torch.__version__
     pred = np.load(out / "predictions.npz")
     y, old_pred, new_pred = pred["targets"], pred["old_pred"], pred["pred"]
     assert y.dtype.kind == old_pred.dtype.kind == new_pred.dtype.kind == "i"

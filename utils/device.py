@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 
+import numpy as np
+import PIL
 import torch
+import torchvision
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -48,3 +52,15 @@ def fast_teachers(device: torch.device, precision: str) -> bool:
 def prefers_channels_last(device: torch.device) -> bool:
     """Channels-last memory format for convolutions: faster on CUDA tensor cores only."""
     return device.type == "cuda"
+
+
+def environment(name: str) -> dict:
+    """The software and hardware a run used. Deterministic mode repeats a run to the last digit
+    on the same stack only: kernels differ between CPU instruction sets and GPU models, and
+    JPEG decoding between Pillow builds."""
+    device = torch.device(name)
+    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}")
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "pillow": PIL.__version__, "numpy": np.__version__,
+            "hardware": hardware}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.device import environment
 from utils.errors import UserError
 
 # Test logits are stored for up to this many classes (float16: 20 KB per 100 samples at 100
@@ -80,7 +81,7 @@ def write_predictions(path: Path, targets, scores, num_old: int, save_logits: bo
 def results_record(role: str, metrics: dict, checkpoint, data, weights: str | None, config: dict) -> dict:
     """The content of results.json: the metrics (validation ones under "val"), the model's
     checkpoint, the class split (``data``: utils.runner.RunData), the validation split, the
-    pretrained weights the model started from, and the settings."""
+    pretrained weights the model started from, the settings and the software and hardware."""
     return {"role": role, **metrics, "checkpoint": str(checkpoint), "num_old": data.num_old,
             "num_classes": data.num_classes, "classes": data.classes, "split": data.split,
-            "weights": weights, "config": config}
+            "weights": weights, "config": config, "environment": environment(config["device"])}

@@ -17,9 +17,10 @@ writes to DIR:
     margins.png         margin histograms (z_y - max_{j != y} z_j, old-class samples) of the old
                         model and the runs, where logits were saved
 
-Only updates ("role": "update") have flips; other runs are skipped with a warning. The number of
-old classes C_old comes from results.json's "num_old", the predictions' "num_old", the width of
-the old model's logits, or else round(--old-fraction x the number of classes).
+Only updates have flips: runs whose results.json says "role": "old" or "new" are skipped with a
+warning (one without a role counts as an update). The number of old classes C_old comes from
+results.json's "num_old", the predictions' "num_old", the width of the old model's logits, or else
+round(--old-fraction x the number of classes).
 """
 from __future__ import annotations
 
@@ -129,8 +130,9 @@ def load_run(run: str) -> dict | None:
         results = json.loads(results_file.read_text())
     except ValueError as err:
         raise UserError(f"{results_file} is not valid JSON ({err}); is the run finished?") from None
-    if results.get("role") != "update":
-        warn(f"skipping {folder}: a {results.get('role', 'unknown')!r} run, not an update; it has no flips")
+    # A results.json without a role (written by other code) counts as an update's.
+    if results.get("role", "update") != "update":
+        warn(f"skipping {folder}: a {results['role']!r} run, not an update; it has no flips")
         return None
     if not npz_file.is_file():
         raise UserError(f"no predictions.npz in {folder}; only runs of this version of main.py save "
@@ -197,7 +199,7 @@ def analyse(run: dict, resamples: int, confidence: float, seed: int) -> dict:
     names = run["classes"]
     entry = {
         "run": run["run"],
-        "method": run["config"].get("method"),
+        "method": run["config"].get("method", run["results"].get("method")),
         "num_old": num_old,
         "n_old": len(flips.targets),
         **{k: metrics[k] for k in REPORTED},

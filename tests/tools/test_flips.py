@@ -286,3 +286,17 @@ def test_module_command_line(tmp_path):
                           cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=300)
     assert_ok(proc)
     assert strict_json(tmp_path / "out" / "flips.json")["runs"][0]["nfr"] == pytest.approx(200 / 7)
+
+
+def test_results_without_a_role_count_as_an_update(tmp_path, capsys):
+    """Run folders written by other code: results.json with no role and the method at its top
+    level are analysed, not skipped."""
+    run = write_run(tmp_path / "r")
+    results = json.loads((run / "results.json").read_text())
+    del results["role"], results["config"]
+    results["method"] = "MyMethod"
+    (run / "results.json").write_text(json.dumps(results))
+    proc = call_flips(capsys, run, "--out", tmp_path / "out", "--resamples", 20)
+    assert proc.returncode == 0 and "skipping" not in proc.stderr
+    entry = strict_json(tmp_path / "out" / "flips.json")["runs"][0]
+    assert entry["method"] == "MyMethod" and entry["nfr"] == pytest.approx(200 / 7)

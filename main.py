@@ -2,7 +2,7 @@
 ER, NFR and Rel-NFR against the old model every epoch."""
 from pathlib import Path
 
-from utils.cli import default_output_dir, method_from_args, parse, update_parser, validate
+from utils.cli import default_output_dir, method_from_args, parse, take_method_flags, update_parser, validate
 from utils.errors import UserError, exit_on_user_error
 from utils.runner import Mitigation, run
 
@@ -25,14 +25,14 @@ def ensemble_members(args) -> list:
 def main(argv=None):
     args = parse(build_parser(), argv, section="update")
     validate(args)
-    if args.ensemble_size <= 0:
-        raise UserError(f"--ensemble-size must be positive, got {args.ensemble_size}")
+    ignored_flags = take_method_flags(args)
     loss_fn = method_from_args(args)
     ensemble = ensemble_members(args) if "ensemble" in loss_fn.references else []
-    b = getattr(args, "b", None)  # in the name for every method, as it always was
+    b = getattr(args, "b", None)  # only the methods that take b have it
     name = f"{args.dataset}-{args.arch}-{args.method}{'' if b is None else f'-b{b:g}'}-seed{args.seed}"
     args.output_dir = args.output_dir or str(default_output_dir("update", args, name))
-    return run(args, "update", Mitigation(loss_fn, args.old_ckpt, args.new_ckpt, ensemble, args.save_logits))
+    return run(args, "update", Mitigation(loss_fn, args.old_ckpt, args.new_ckpt, ensemble, args.save_logits,
+                                          ignored_flags))
 
 
 if __name__ == "__main__":

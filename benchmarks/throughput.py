@@ -44,8 +44,7 @@ from methods import get_method, method_names  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.data import num_old_classes  # noqa: E402
 from utils.device import PRECISIONS, fast_teachers, prefers_channels_last, setup_device  # noqa: E402
-from utils.engine import (EnsembleMean, Teachers, build_teachers, predict, prepare_teacher,  # noqa: E402
-                          train_one_epoch)
+from utils.engine import EnsembleMean, Teachers, build_teachers, predict, prepare_teacher, train_one_epoch  # noqa: E402
 from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, eval_batches  # noqa: E402
 from utils.metrics import flip_metrics  # noqa: E402
 from utils.pil_pipeline import official_transform  # noqa: E402

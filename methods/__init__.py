@@ -17,12 +17,22 @@ training loop runs no teacher it does not use.
 import importlib
 import pkgutil
 
-from methods.registry import (METHODS, Method, Option, declared_defaults, get_method, hyperparameters,
-                              method_names, option, register)
+from methods.registry import (
+    METHODS,
+    Method,
+    Option,
+    all_hyperparameters,
+    declared_defaults,
+    get_method,
+    hyperparameters,
+    method_names,
+    option,
+    register,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "Method", "Option", "declared_defaults", "get_method", "hyperparameters",
+__all__ = ["METHODS", "Method", "Option", "all_hyperparameters", "declared_defaults", "get_method", "hyperparameters",
            "method_names", "option", "register"]

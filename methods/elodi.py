@@ -35,7 +35,7 @@ class ELODI(Method):
     def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
         terms = {"ce": F.cross_entropy(logits, targets)}
         if epoch >= self.elodi_warmup:
-            c_old = self.split(logits, old_logits)
+            c_old = self.c_old(old_logits)
             terms["lm_old"] = self.elodi_old_weight * self._lm(logits[:, :c_old], old_logits)
             terms["lm_ensemble"] = self.elodi_ensemble_weight * self._lm(logits, new_logits)
         return terms

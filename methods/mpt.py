@@ -22,7 +22,7 @@ class _MPT(Method):
         raise NotImplementedError
 
     def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
-        c_old = self.split(logits, old_logits)
+        c_old = self.c_old(old_logits)
         if self.b is None:
             terms = {"ce": F.cross_entropy(logits, targets)}
         else:

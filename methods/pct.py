@@ -27,7 +27,7 @@ class PCTKL(Method):
         self.alpha, self.beta, self.tau = alpha, beta, tau
 
     def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
-        c_old = self.split(logits, old_logits)
+        c_old = self.c_old(old_logits)
         return {"ce": F.cross_entropy(logits, targets),
                 "distill_old": focal_kl(logits[:, :c_old], old_logits, targets, self.alpha, self.beta, self.tau)}
 
@@ -44,6 +44,6 @@ class PCTLM(Method):
         self.alpha, self.beta, self.lm_weight = alpha, beta, lm_weight
 
     def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
-        c_old = self.split(logits, old_logits)
+        c_old = self.c_old(old_logits)
         fd = focal_lm(logits[:, :c_old], old_logits, targets, self.alpha, self.beta)
         return {"ce": F.cross_entropy(logits, targets), "distill_old": self.lm_weight * fd}

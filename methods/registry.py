@@ -9,28 +9,23 @@ from __future__ import annotations
 
 import inspect
 import math
-import operator
 from dataclasses import dataclass
-from functools import reduce
 
 METHODS: dict[str, type] = {}
 
 
 @dataclass(frozen=True)
 class Option:
-    """What a hyperparameter means and which numbers it takes. ``type`` is the flag's type where
-    the default does not give it (a default of None); without it such a flag takes a string."""
+    """What a hyperparameter means and which numbers it takes (every number must be finite)."""
     help: str = ""
     min: float | None = None   # the value must be >= min
     positive: bool = False     # the value must be > 0
-    finite: bool = True        # the value must not be nan or +-inf
-    type: type | None = None
 
     def check(self, value) -> str | None:
         """What is wrong with ``value`` ("must be positive"), or None. Only numbers are checked."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not isinstance(value, (int, float)):
             return None
-        if self.finite and not math.isfinite(value):
+        if not math.isfinite(value):
             return "must be finite"
         if self.positive and not value > 0:
             return "must be positive"
@@ -42,11 +37,11 @@ class Option:
 class Method:
     """Base class of the methods: a training loss with its hyperparameters.
 
-    A subclass overrides ``loss_terms`` (its named terms; the loss is their sum) or, if its loss
-    has no terms worth naming, ``__call__``: one of the two. It sets ``references`` to the
-    reference models it needs, a subset of {"old", "new", "ensemble"}, and may set:
+    A subclass defines ``loss_terms``, its named terms; the loss is their sum (calling the
+    method). It sets ``references`` to the reference models it needs, a subset of
+    {"old", "new", "ensemble"}, and may set:
 
-    * ``options``: {keyword: Option(help, min=..., positive=..., finite=...)} for its
+    * ``options``: {keyword: Option(help, min=..., positive=...)} for its
       hyperparameters (entries for keywords it does not take are ignored, so one dict can serve
       a family of methods; a keyword without an entry gets ``Option()``: finite numbers);
     * ``term_weights``: the keywords that weigh terms able to outgrow the cross-entropy (a run
@@ -67,8 +62,8 @@ class Method:
         """The reference models the loss of ``epoch`` (0-based) reads; the others need not run."""
         return self.references
 
-    def split(self, logits, old_logits=None):
-        """C_old from the constructor, else from the old model's logits."""
+    def c_old(self, old_logits=None) -> int:
+        """C_old: ``num_old`` from the constructor, else the width of the old model's logits."""
         if self.num_old is not None:
             return self.num_old
         if old_logits is None:
@@ -77,13 +72,11 @@ class Method:
 
     def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0) -> dict:
         """{term name: scalar tensor}, the terms whose sum is the loss."""
-        if type(self).__call__ is Method.__call__:
-            raise NotImplementedError(f"{type(self).__name__} must override loss_terms or __call__")
-        return {"loss": self(logits, targets, old_logits, new_logits, epoch)}
+        raise NotImplementedError
 
     def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
-        terms = self.loss_terms(logits, targets, old_logits, new_logits, epoch)
-        return reduce(operator.add, terms.values())  # in the terms' order, as written by hand
+        """The loss: the sum of the terms, in their order (as utils.engine sums them)."""
+        return sum(self.loss_terms(logits, targets, old_logits, new_logits, epoch).values())
 
     def __repr__(self):
         params = [k for k in _defaults(type(self)) if hasattr(self, k)]
@@ -105,8 +98,9 @@ def register(name: str):
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
                 raise TypeError(f"method {name!r}: every constructor argument must be a keyword with a "
                                 f"default (its hyperparameters), not {p}")
-        if cls.loss_terms is Method.loss_terms and cls.__call__ is Method.__call__:
-            raise TypeError(f"method {name!r} must override loss_terms or __call__")
+        if cls.loss_terms is Method.loss_terms or cls.__call__ is not Method.__call__:
+            raise TypeError(f"method {name!r} must define loss_terms (and not __call__: the loss is "
+                            "the sum of the terms)")
         METHODS[name] = cls
         cls.name = name
         return cls
@@ -131,6 +125,11 @@ def declared_defaults(name: str) -> dict:
 def hyperparameters(name: str) -> set:
     """The hyperparameters (keyword arguments) of method ``name``: all of them change its loss."""
     return set(declared_defaults(name))
+
+
+def all_hyperparameters() -> list:
+    """The hyperparameters of every registered method, each once, in the order they appear."""
+    return list(dict.fromkeys(p for name in METHODS for p in declared_defaults(name)))
 
 
 def option(name: str, param: str) -> Option:

@@ -9,17 +9,20 @@
 ``embed_dim`` inserts a linear bottleneck of that size before the classifier (the paper's
 128-d ImageNet embedding, or a 2-d space for Figure 3); the model then exposes ``features(x)``.
 ``pretrained`` loads torchvision's ImageNet-1k weights into the backbone; where they cannot be
-had (no network and no cached copy) that is an error, unless ``allow_random_weights``.
+had (no network and no cached copy) that is an error (``WeightsUnavailable``, which the caller
+words for its user), unless ``allow_random_weights``.
 """
 import sys
 
 from torch import nn
 from torchvision import models as tvm
 
-from utils.errors import UserError
-
 PRETRAINED = "IMAGENET1K_V1"  # the one ImageNet-1k weight set every architecture here has
 VIT_PATCH = 32
+
+
+class WeightsUnavailable(RuntimeError):
+    """torchvision's pretrained weights could not be loaded; the message says which and why."""
 
 
 class Classifier(nn.Module):
@@ -55,8 +58,8 @@ class Classifier(nn.Module):
 
 def load_pretrained(net: nn.Module, arch: str, allow_random_weights: bool = False) -> str | None:
     """torchvision's ImageNet-1k weights into ``net``; returns their name. Where they cannot be
-    loaded (offline, proxy, corrupt download) that is an error, unless ``allow_random_weights``:
-    then a warning, random weights, and None."""
+    loaded (offline, proxy, corrupt download) that is ``WeightsUnavailable``, unless
+    ``allow_random_weights``: then a warning, random weights, and None."""
     weights = tvm.get_model_weights(arch)[PRETRAINED]
     try:
         net.load_state_dict(weights.get_state_dict(progress=False, check_hash=True))
@@ -64,10 +67,7 @@ def load_pretrained(net: nn.Module, arch: str, allow_random_weights: bool = Fals
     except (OSError, RuntimeError, ValueError) as err:
         reason = f"cannot load the pretrained {arch} weights {weights} ({type(err).__name__}: {err})"
     if not allow_random_weights:
-        raise UserError(f"{reason}; fetch them ahead of time on a machine with network access "
-                        f"(python -c \"import torchvision; torchvision.models.get_model_weights('{arch}')"
-                        f".{PRETRAINED}.get_state_dict()\") and copy $TORCH_HOME/hub/checkpoints here, "
-                        "or pass --allow-random-weights to go on with a random backbone knowingly")
+        raise WeightsUnavailable(reason)
     print(f"warning: {reason}; the backbone starts from RANDOM weights", file=sys.stderr, flush=True)
     return None
 

@@ -19,6 +19,7 @@ import torch  # noqa: E402  (after the path setup, like every import of the repo
 from torch import nn  # noqa: E402
 
 from models import build_model  # noqa: E402
+from utils.settings import flag  # noqa: E402
 
 # The tests run tiny models on a small shared CPU: more threads than one only fight over it.
 torch.set_num_threads(1)
@@ -94,7 +95,7 @@ def common_args(data_root, epochs: int = 1, **flags) -> list[str]:
     (``batch_size=8`` -> ``--batch-size 8``)."""
     settings = {"dataset": "cifar10", "data_root": data_root, "epochs": epochs, "batch_size": 16,
                 "device": "cpu", **flags}
-    return [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    return [a for k, v in settings.items() for a in (flag(k), str(v))]
 
 
 def script_env() -> dict:

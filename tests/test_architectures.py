@@ -2,15 +2,17 @@
 pretrained weights that cannot be loaded (an error unless --allow-random-weights), and a 2-d
 embedding (Figure 3)."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torchvision
 from torchvision.models import VisionTransformer
 
+import utils.runner
 from conftest import NUM_OLD, common_args, run_inline
 from models import build_model
-from models.zoo import Classifier
+from models.zoo import Classifier, WeightsUnavailable
 from utils.checkpoint import load_model, read_checkpoint
 from utils.errors import UserError
 
@@ -68,12 +70,16 @@ def offline_weights(monkeypatch):
 
 
 def test_pretrained_weights_unavailable_are_an_error(offline_weights, capsys):
-    with pytest.raises(UserError) as err:
+    with pytest.raises(WeightsUnavailable) as err:
         build_model("resnet18", 3, pretrained=True)
     message = str(err.value)
     assert "cannot load the pretrained resnet18 weights" in message and "no network" in message
-    assert "--allow-random-weights" in message
     assert "RANDOM" not in capsys.readouterr().err
+    # The run words it for its user: how to fetch the weights, or the flag that goes on without.
+    args = SimpleNamespace(arch="resnet18", embed_dim=None, image_size=None, pretrained=True,
+                           allow_random_weights=False, freeze_backbone=False, seed=0)
+    with pytest.raises(UserError, match="cannot load the pretrained resnet18.*get_model_weights.*--allow-random-weights"):
+        utils.runner.build_model(args, 3, torch.device("cpu"), 1)
 
 
 def test_pretrained_weights_unavailable_allowed_start_random(offline_weights, capsys):

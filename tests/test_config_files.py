@@ -7,7 +7,7 @@ import pytest
 import main
 import train_new_model
 import train_old_model
-from utils.cli import method_from_args, parse, validate
+from utils.cli import method_from_args, parse, take_method_flags, validate
 from utils.errors import UserError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -74,6 +74,7 @@ def test_shipped_configs_are_valid_for_every_script(config):
     args = {section: parsed(section, config, "--device", "cpu") for section in SCRIPTS}
     for a in args.values():
         validate(a)
+    assert take_method_flags(args["update"]) == {}  # no flag of another method
     method_from_args(args["update"])
     # The updated model reads the reference models where the other two scripts save them.
     assert args["update"].old_ckpt == args["old"].save

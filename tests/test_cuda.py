@@ -32,8 +32,16 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import (REPO, assert_ok, busy_batchnorm_model, common_args, kill_after_first_epoch,
-                      script_command, script_env, write_tiny_dataset)
+from conftest import (
+    REPO,
+    assert_ok,
+    busy_batchnorm_model,
+    common_args,
+    kill_after_first_epoch,
+    script_command,
+    script_env,
+    write_tiny_dataset,
+)
 
 CUDA = torch.cuda.is_available()
 GPUS = torch.cuda.device_count() if CUDA else 0

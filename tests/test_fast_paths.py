@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 import torch
 
 import utils.data

@@ -6,16 +6,18 @@ import json
 import pytest
 import torch
 
+import main
 from conftest import run_inline
 from utils.checkpoint import read_checkpoint
-from utils.cli import base_parser, parse
+from utils.cli import parse, take_method_flags
 from utils.data import load_dataset
 
 
 def parsed(*argv, config=None):
-    p = base_parser("test")
-    p.add_argument("--b", type=float, default=4.0)  # main.py's flag: imagenet sets its default too
-    return parse(p, [*argv, *(["--config", config] if config else [])])
+    """main.py's settings (imagenet sets the default of its --b too)."""
+    args = parse(main.build_parser(), [*argv, *(["--config", config] if config else [])], section="update")
+    take_method_flags(args)
+    return args
 
 
 def test_imagenet_recipe_defaults_apply_only_where_no_flag_is_given(tmp_path):
@@ -31,6 +33,7 @@ def test_imagenet_recipe_defaults_apply_only_where_no_flag_is_given(tmp_path):
     a = parsed()  # CIFAR keeps the official recipe
     assert (a.weight_decay, a.lr_schedule, a.epochs, a.embed_dim, a.b, a.image_size) == (5e-4, "cosine", 100, None, 4.0, None)
     assert parsed("--arch", "vit_b_32").image_size == 224
+    assert "b" not in vars(parsed("--dataset", "imagenet", "--method", "PCT_KL"))  # a b only for MPT
 
 
 def test_folder_loaders_shard_the_splits_and_keep_the_old_classes(tiny_imagenet):

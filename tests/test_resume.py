@@ -17,12 +17,22 @@ import torch
 import main
 import utils.checkpoint
 import utils.runner
-from conftest import (REPO, assert_ok, common_args, file_hashes, kill_after_first_epoch, run_script,
-                      script_command, script_env)
+from conftest import (
+    REPO,
+    assert_ok,
+    common_args,
+    file_hashes,
+    kill_after_first_epoch,
+    run_script,
+    script_command,
+    script_env,
+)
 from methods import get_method, method_names
+from methods.baseline import NoTreatment
 from utils.checkpoint import atomic_save, read_checkpoint
-from utils.cli import default_output_dir, method_flag, parse
+from utils.cli import default_output_dir, parse, take_method_flags
 from utils.engine import NonFiniteLoss
+from utils.settings import flag
 
 EPOCHS = 3
 
@@ -212,13 +222,13 @@ def test_non_finite_message_names_the_flags_that_weigh_the_method_terms(method):
     """Logit-matching methods diverge at lr 0.1 with few classes; the message says what to lower,
     every flag it names is one that main.py takes, and the --lm-weight advice for 10 classes
     appears for the logit-matching methods alone."""
-    flags = tuple(method_flag(w) for w in get_method(method).term_weights)
+    flags = tuple(flag(w) for w in get_method(method).term_weights)
     message = non_finite(method)
     assert message.startswith("the training loss became non-finite in epoch 1/5, step 6/10; ")
     options = {opt for action in main.build_parser()._actions for opt in action.option_strings}
     assert set(flags) <= options
-    for flag in ("--lr", *flags):
-        assert flag in message
+    for named in ("--lr", *flags):
+        assert named in message
     logit_matching = "LM" in method and "ELODI" not in method
     assert ("--lm-weight 0.04" in message) == logit_matching
     assert "--lm-weight 0.04" not in non_finite(method, num_classes=100)  # CIFAR-100: the official 0.4
@@ -288,25 +298,25 @@ def test_nan_loss_names_the_last_good_checkpoint(call_script, tiny_data, tmp_pat
     save.write_bytes(b"the previous good model")
     before_save = file_hashes(save)
     state_at_failure = {}
-    real_loss = utils.runner.plain_cross_entropy
+    real_terms = NoTreatment.loss_terms  # the reference models' loss
     steps = {"n": 0}
 
-    def loss_nan_in_epoch_2(logits, targets, epoch=0):
-        loss = real_loss(logits, targets)
+    def terms_nan_in_epoch_2(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
+        terms = real_terms(self, logits, targets, old_logits, new_logits, epoch)
         if epoch == 1:
             steps["n"] += 1
             if steps["n"] == 2:
                 state_at_failure.update(file_hashes(run_dir / "state.pth"))
-                return loss * float("nan")
-        return loss
+                return {"ce": terms["ce"] * float("nan")}
+        return terms
 
-    monkeypatch.setattr(utils.runner, "plain_cross_entropy", loss_nan_in_epoch_2)
+    monkeypatch.setattr(NoTreatment, "loss_terms", terms_nan_in_epoch_2)
     result = call_script("train_old_model.py", *common_args(tiny_data, epochs=3), "--log-every", "1",
                          "--output-dir", run_dir, "--save", save)
     assert result.returncode == 2
     line = result.stderr.strip()
     assert line == (f"error: the training loss became non-finite in epoch 2/3, step 2/3 (terms on that "
-                    f"batch: loss nan); the last good checkpoint is {run_dir / 'state.pth'} (after epoch "
+                    f"batch: ce nan); the last good checkpoint is {run_dir / 'state.pth'} (after epoch "
                     "1/3); nothing was overwritten. Lower --lr, or check the data and hyperparameters, "
                     "and start the run again")
     assert state_at_failure and file_hashes(run_dir / "state.pth") == state_at_failure
@@ -321,6 +331,7 @@ def default_dir(argv):
     import main
 
     args = parse(main.build_parser(), [str(a) for a in argv])
+    take_method_flags(args)  # as main.py: the flags of other methods are no setting
     return default_output_dir("update", args, "name")
 
 

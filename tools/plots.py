@@ -22,6 +22,7 @@ from utils.checkpoint import load_model, read_checkpoint
 from utils.data import load_dataset, normalizer
 from utils.errors import UserError, exit_on_user_error
 from utils.inputs import eval_batches
+from utils.settings import flag
 
 
 def pyplot():
@@ -212,9 +213,9 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.figure == "embeddings":
-        for flag in ("max_points", "batch_size"):
-            if getattr(args, flag) is not None and getattr(args, flag) <= 0:
-                raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+        for setting in ("max_points", "batch_size"):
+            if getattr(args, setting) is not None and getattr(args, setting) <= 0:
+                raise UserError(f"{flag(setting)} must be positive, got {getattr(args, setting)}")
         plot_embeddings(args.runs, args.out, args.data_root, args.batch_size, args.device, args.max_points)
     else:
         plot_b_sweep(args.folders, args.out, args.split)

@@ -19,10 +19,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
-from methods import declared_defaults, hyperparameters, method_names
+from methods import all_hyperparameters, declared_defaults, hyperparameters
 from utils.checkpoint import read_checkpoint
-from utils.cli import DATASET_DEFAULTS, NOT_IDENTITY, base_parser
+from utils.cli import DATASET_DEFAULTS, base_parser
 from utils.errors import UserError
+from utils.settings import NOT_IDENTITY, flag
 
 METRICS = ("er_old", "er_all", "nfr", "rel_nfr")
 REFERENCES = {"old": "Old model", "new": "New model"}
@@ -71,7 +72,7 @@ def unused_flags(method: str) -> set:
         used = hyperparameters(method)
     except KeyError:
         return set()
-    return set().union(*map(hyperparameters, method_names())) - used
+    return set(all_hyperparameters()) - used
 
 
 def settings(method: str, config: dict) -> tuple:
@@ -257,6 +258,6 @@ def _warn_if_mixed(key: TableKey, row: Row):
     differ = sorted(k for k in set().union(*configs) - ignored
                     if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1)
     if differ:
-        flags = ", ".join(f"--{k.replace('_', '-')}" for k in differ)
+        flags = ", ".join(map(flag, differ))
         warn(f"{key.title()}, row {row.label}: its {len(row.runs)} runs differ in {flags}, not only "
              "in --seed; they are averaged anyway")

@@ -1,4 +1,4 @@
-"""Self-describing checkpoints, written atomically.
+"""Self-describing checkpoints, written atomically (``atomic_write``, which every final file uses).
 
 A model checkpoint holds the weights and everything needed to rebuild the model: architecture,
 head size, embedding size, the inputs it was trained on (image size and normalisation), data
@@ -22,25 +22,30 @@ MAKERS = {"old": "train_old_model.py", "new": "train_new_model.py",
           "ensemble": "train_new_model.py --seed S --save PATH"}
 
 
-def atomic_save(obj, path: str | os.PathLike):
-    """torch.save to a temporary file in the same folder, then rename: a crash mid-save leaves
-    the previous file intact and never a truncated one."""
+def atomic_write(path: str | os.PathLike, write):
+    """``write(f)`` into a temporary file in the same folder, then rename it to ``path``: a crash
+    mid-write leaves the previous file intact and never a truncated one. Every final file of a
+    run is written so."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A name of its own per call, so that concurrent saves never share a temporary file; opened
-    # like any new file so that the checkpoint gets the usual (umask) permissions, not mkstemp's
-    # owner-only ones.
+    # A name of its own per call, so that concurrent writers never share a temporary file; opened
+    # like any new file so that it gets the usual (umask) permissions, not mkstemp's owner-only ones.
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     f = open(tmp, "xb")
     try:
         with f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj, path: str | os.PathLike):
+    """torch.save, atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def model_checkpoint(model, *, arch, num_classes, embed_dim, dataset, num_old, role, epoch,

@@ -5,25 +5,23 @@ import argparse
 import hashlib
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import torch
 import yaml
 
-from methods import declared_defaults, get_method, method_names, option
+from methods import all_hyperparameters, declared_defaults, get_method, method_names, option
 from models import ARCHS
 from models.zoo import VIT_PATCH
 from utils.data import DATASETS
 from utils.device import PRECISIONS
 from utils.errors import UserError
-
-# Flags that do not change what a run computes: left out of the run's identity (its default
-# folder name and the --resume check).
-NOT_IDENTITY = {"config", "output_dir", "device", "workers", "resume", "log_every", "save",
-                "eval_batch_size", "save_logits"}
+from utils.settings import flag, run_settings
 
 # Defaults that depend on the data set or the architecture, used where neither the command line
-# nor --config sets the flag. ImageNet: the standard ResNet recipe (SGD lr 0.1, momentum 0.9,
+# nor --config sets the flag (a method hyperparameter's only for the methods that take it). ImageNet: the standard ResNet recipe (SGD lr 0.1, momentum 0.9,
 # weight decay 1e-4, x0.1 every 30 epochs, 90 epochs, batch 128) with the paper's 128-d
 # embedding and MPT margin b = 1.5 (main.py's flag).
 DATASET_DEFAULTS = {
@@ -33,9 +31,15 @@ DATASET_DEFAULTS = {
 ARCH_DEFAULTS = {"vit_b_32": {"image_size": 224}}
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default in its help, but None (unset: the help text says what applies)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     p.add_argument("--config", metavar="FILE", help="YAML file of flag defaults; flags on the command line override it")
     p.add_argument("--dataset", default="cifar100", help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--data-root", default="./data", metavar="DIR",
@@ -90,21 +94,11 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def method_flag(param: str) -> str:
-    """The flag of a method hyperparameter (a keyword argument of its class): lm_weight -> --lm-weight."""
-    return "--" + param.replace("_", "-")
-
-
-def _method_flag_type(opt, default):
-    if opt.type is not None:
-        return opt.type
-    return str if default is None else type(default)
-
-
 def add_method_flags(parser: argparse.ArgumentParser):
     """One flag per hyperparameter of the registered methods (see methods/registry.py), with the
-    method's help text and default. Where methods declare different defaults for one name the
-    flag's default is None: each method's own."""
+    method's help text; its type is its default's. Every such flag's parsed default is None: not
+    given, so that a flag given to a method that does not take it can be told (``take_method_flags``
+    fills in the defaults)."""
 
     users: dict[str, list[str]] = {}
     for name in method_names():
@@ -115,44 +109,50 @@ def add_method_flags(parser: argparse.ArgumentParser):
     for param, names in users.items():
         if param in known:
             raise TypeError(f"hyperparameter {param!r} of {', '.join(names)} clashes with the script's "
-                            f"own flag {method_flag(param)}; rename it")
+                            f"own flag {flag(param)}; rename it")
         defaults = [declared_defaults(n)[param] for n in names]
-        default = defaults[0] if all(d == defaults[0] for d in defaults) else None
-        opts = [option(n, param) for n in names]
-        types = {_method_flag_type(o, d) for o, d in zip(opts, defaults)}
+        types = {type(d) for d in defaults}
         types = {float} if types == {int, float} else types
-        if len(types) > 1:
-            raise TypeError(f"hyperparameter {param!r} has several types in {', '.join(names)}: "
-                            f"{', '.join(sorted(t.__name__ for t in types))}")
-        help_text = next((o.help for o in opts if o.help), "").replace("%", "%%")
+        if len(types) > 1 or not types <= {int, float, str}:
+            raise TypeError(f"hyperparameter {param!r} of {', '.join(names)} needs defaults of one type, a "
+                            f"number or a string (the flag's type), not {', '.join(sorted(t.__name__ for t in types))}")
+        help_text = next((o.help for o in (option(n, param) for n in names) if o.help), "").replace("%", "%%")
         help_text += f" [{', '.join(names)}]"
-        help_text += "".join(f" ({dataset}: {d[param]})" for dataset, d in DATASET_DEFAULTS.items() if param in d)
-        if default is None and any(d is not None for d in defaults):
-            help_text += " (default: each method's own)"
+        shown = defaults[0] if all(d == defaults[0] for d in defaults) else "each method's own"
+        help_text += f" (default: {shown}"
+        help_text += "".join(f"; {dataset}: {d[param]}" for dataset, d in DATASET_DEFAULTS.items() if param in d)
         (flag_type,) = types
-        if flag_type is bool:
-            group.add_argument(method_flag(param), action=argparse.BooleanOptionalAction, default=default,
-                               help=help_text)
-        else:
-            group.add_argument(method_flag(param), type=flag_type, default=default, help=help_text)
+        group.add_argument(flag(param), type=flag_type, default=None, help=help_text + ")")
+
+
+def take_method_flags(args) -> dict:
+    """Fill in ``args.method``'s hyperparameters left unset (the data set's default, else the
+    method's own) and take the flags of the other methods off ``args``: they change nothing, so
+    they are no part of the run's settings. Returns those flags with their values
+    ({"--b": 2.0}), after a one-line warning naming them."""
+    own = declared_defaults(args.method)
+    implied = DATASET_DEFAULTS.get(args.dataset, {})
+    ignored = {}
+    for param in all_hyperparameters():
+        value = vars(args).pop(param, None)
+        if param in own:
+            setattr(args, param, implied.get(param, own[param]) if value is None else value)
+        elif value is not None:
+            ignored[flag(param)] = value
+    if ignored and os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
+        print(f"warning: --method {args.method} takes no {', '.join(ignored)}: ignored (not recorded in "
+              "the run's settings, only under ignored_flags in results.json)", file=sys.stderr, flush=True)
+    return ignored
 
 
 def method_from_args(args):
-    """The loss of ``args.method`` built with its hyperparameters from the flags, each checked
-    against its Option; the values used are written back onto ``args`` (a flag at None stands for
-    the method's own default), so that the run records them."""
-
-    if args.method not in method_names():
-        raise UserError(f"unknown method {args.method!r}; choose one of: {', '.join(method_names())}")
-    values = {}
-    for param, default in declared_defaults(args.method).items():
-        value = getattr(args, param, None)
-        value = default if value is None else value
+    """The loss of ``args.method`` built with its hyperparameters as ``take_method_flags`` left
+    them on ``args``, each checked against its Option."""
+    values = {param: getattr(args, param) for param in declared_defaults(args.method)}
+    for param, value in values.items():
         problem = option(args.method, param).check(value)
         if problem:
-            raise UserError(f"{method_flag(param)} {problem}, got {value}")
-        values[param] = value
-        setattr(args, param, value)
+            raise UserError(f"{flag(param)} {problem}, got {value}")
     return get_method(args.method, **values)
 
 
@@ -187,7 +187,9 @@ def parse(parser: argparse.ArgumentParser, argv=None, section: str | None = None
     pre, _ = parser.parse_known_args(argv)  # the data set and architecture, wherever they were set
     known = {a.dest for a in parser._actions}
     implied = {**DATASET_DEFAULTS.get(pre.dataset, {}), **ARCH_DEFAULTS.get(pre.arch, {})}
-    parser.set_defaults(**{k: v for k, v in implied.items() if k in known and k not in config})
+    method_params = set(all_hyperparameters())  # take_method_flags fills them in, for their methods only
+    parser.set_defaults(**{k: v for k, v in implied.items()
+                           if k in known and k not in config and k not in method_params})
     return parser.parse_args(argv)
 
 
@@ -284,13 +286,12 @@ def validate(args):
              "--pretrained, and imagenet always reads its folders through DataLoaders")
     _require(args.log_every > 0, f"--log-every must be positive, got {args.log_every}")
     _require(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
+    if "method" in vars(args):  # main.py's own flags
+        _require(args.method in method_names(),
+                 f"unknown method {args.method!r}; choose one of: {', '.join(method_names())}")
+        _require(args.ensemble_size > 0, f"--ensemble-size must be positive, got {args.ensemble_size}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-
-
-def run_settings(args) -> dict:
-    """The settings that define what a run computes."""
-    return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IDENTITY}
 
 
 def default_output_dir(role: str, args, name: str) -> Path:

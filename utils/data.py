@@ -22,7 +22,7 @@ from torchvision import datasets
 from utils.device import prefers_channels_last
 from utils.errors import UserError
 from utils.imagenet import load_imagenet
-from utils.inputs import NORMALIZATION, Dataset, class_folders, ImageSet, Normalize, TensorInputs, TrainLoader
+from utils.inputs import NORMALIZATION, Dataset, ImageSet, Normalize, TensorInputs, TrainLoader, class_folders
 from utils.pil_pipeline import pil_train_loader
 
 # Number of classes of each data set; ImageNet's comes from its folders (tests use a few classes).

@@ -123,22 +123,15 @@ def progress(iterable, **kwargs):
     return tqdm(iterable, disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True, **kwargs)
 
 
-def loss_terms(loss_fn, logits, targets, epoch: int, teacher_logits: dict) -> dict:
-    """The named terms of the loss (a method's ``loss_terms``; a plain callable is one term)."""
-    if hasattr(loss_fn, "loss_terms"):
-        return loss_fn.loss_terms(logits, targets, epoch=epoch, **teacher_logits)
-    return {"loss": loss_fn(logits, targets, epoch=epoch, **teacher_logits)}
-
-
 def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch: int, *,
                     precision: str = "fp32", log_every: int = 50) -> dict:
-    """One pass over ``loader``; returns the mean loss, the training error and the mean of each
-    loss term. Everything is summed on the device and read every ``log_every`` steps, so a step
+    """One pass over ``loader`` with the loss ``loss_fn`` (a method, methods.Method); returns the
+    mean loss, the training error and the mean of each loss term. Everything is summed on the device and read every ``log_every`` steps, so a step
     never waits for the host. The first non-finite step keeps its terms and the teachers'
     largest |logit| on the device, for the error's advice."""
     model.train()
     device = next(model.parameters()).device
-    wanted = getattr(loss_fn, "references_at", lambda e: frozenset({"old", "new", "ensemble"}))(epoch)
+    wanted = loss_fn.references_at(epoch)
     names, sums, bad_values = None, None, None
     errors = torch.zeros((), device=device, dtype=torch.int64)
     first_bad = torch.full((), -1, device=device, dtype=torch.int64)
@@ -148,8 +141,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch
         teacher_logits = teachers(x, precision, wanted)
         with autocast(device, precision):
             logits = model(x)
-        terms = loss_terms(loss_fn, logits.float(), y, epoch, teacher_logits)
-        loss = sum(terms.values())
+        terms = loss_fn.loss_terms(logits.float(), y, epoch=epoch, **teacher_logits)
+        loss = sum(terms.values())  # the method's loss (Method.__call__), its terms kept for the log
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from utils import distributed as dist
-from utils.inputs import ImageSet, TensorInputs, TrainLoader, no_transform
 from utils.engine import predict
 from utils.errors import UserError
+from utils.inputs import ImageSet, TensorInputs, TrainLoader, no_transform
 
 
 def cache_features(inputs, backbone: nn.Module, args, device: torch.device) -> TensorInputs:

@@ -18,8 +18,8 @@ from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
 from utils.device import prefers_channels_last
-from utils.inputs import NORMALIZATION, Dataset, Inputs, Normalize, class_folders
 from utils.errors import UserError
+from utils.inputs import NORMALIZATION, Dataset, Inputs, Normalize, class_folders
 
 TRAIN, EVAL = "train", "val"
 DEFAULT_SIZE = 224

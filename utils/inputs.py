@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from utils.errors import UserError
 
-
 # The official code's normalisation (CIFAR-10 statistics, also used for CIFAR-100).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)

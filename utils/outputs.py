@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.checkpoint import atomic_write
 from utils.device import environment
 from utils.errors import UserError
 
@@ -52,9 +53,8 @@ def checkpoint_path(args, out_dir: Path) -> Path:
 
 
 def write_json(path: Path, obj):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def compact(logits: np.ndarray) -> np.ndarray:
@@ -72,16 +72,19 @@ def write_predictions(path: Path, targets, scores, num_old: int, save_logits: bo
               "pred": scores.pred.astype(np.int64), "num_old": np.int64(num_old)}
     if save_logits or scores.logits.shape[1] <= LOGITS_MAX_CLASSES:
         arrays.update(logits=compact(scores.logits.numpy()), old_logits=compact(scores.old_logits.numpy()))
-    tmp = path.with_name(f".{path.name}.tmp")  # then renamed, like every final file
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def results_record(role: str, metrics: dict, checkpoint, data, weights: str | None, config: dict) -> dict:
+def results_record(role: str, metrics: dict, checkpoint, data, weights: str | None, config: dict,
+                   ignored_flags: dict | None = None) -> dict:
     """The content of results.json: the metrics (validation ones under "val"), the model's
     checkpoint, the class split (``data``: utils.runner.RunData), the validation split, the
-    pretrained weights the model started from, the settings and the software and hardware."""
-    return {"role": role, **metrics, "checkpoint": str(checkpoint), "num_old": data.num_old,
-            "num_classes": data.num_classes, "classes": data.classes, "split": data.split,
-            "weights": weights, "config": config, "environment": environment(config["device"])}
+    pretrained weights the model started from, the settings, the flags of other methods given
+    to an update (``ignored_flags``: {"--b": 2.0}; not in the settings) and the software and
+    hardware."""
+    record = {"role": role, **metrics, "checkpoint": str(checkpoint), "num_old": data.num_old,
+              "num_classes": data.num_classes, "classes": data.classes, "split": data.split,
+              "weights": weights, "config": config}
+    if ignored_flags is not None:
+        record["ignored_flags"] = ignored_flags
+    return {**record, "environment": environment(config["device"])}

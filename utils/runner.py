@@ -17,18 +17,26 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from methods import get_method
 from models import build_model as build_architecture
+from models.zoo import PRETRAINED, WeightsUnavailable
 from utils import distributed as dist
 from utils.checkpoint import atomic_save, load_model, model_checkpoint
 from utils.data import Dataset, input_spec, load_dataset, num_old_classes, validation_split
 from utils.device import fast_teachers, prefers_channels_last, setup_device
-from utils.engine import (NonFiniteLoss, Teachers, build_teachers, prepare_teacher, progress,
-                          train_one_epoch)
+from utils.engine import NonFiniteLoss, Teachers, build_teachers, prepare_teacher, progress, train_one_epoch
 from utils.errors import UserError
 from utils.evaluation import Scorer, Scores
 from utils.features import cache_features, head_on
-from utils.outputs import (check_writable, checkpoint_path, prepare_output_dir, results_record,
-                           write_json, write_predictions)
+from utils.outputs import (
+    check_writable,
+    checkpoint_path,
+    prepare_output_dir,
+    results_record,
+    write_json,
+    write_predictions,
+)
+from utils.settings import flag
 from utils.state import STATE_FILE, read_state, restore, save_state, seed_everything
 
 LR_STEP_EPOCHS = 30           # --lr-schedule step: x0.1 every 30 epochs (the ImageNet recipe)
@@ -49,6 +57,7 @@ class Mitigation:
     new_ckpt: str | None = None
     ensemble: list = field(default_factory=list)
     save_logits: bool = False
+    ignored_flags: dict = field(default_factory=dict)  # flags of other methods given to this run
 
 
 @dataclass
@@ -94,7 +103,8 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
         scorer = Scorer(inputs, role, data.num_old, device, refs.old_model if refs else None)
         if dist.is_main():
             prepare_output_dir(out_dir)
-        loss_fn = prepare_loss(mitigation.method, data.num_old) if mitigation else plain_cross_entropy
+        loss_fn = mitigation.method if mitigation else get_method("No_Treatment")  # plain cross-entropy
+        loss_fn.num_old = data.num_old
         scores = fit(args, role, model, net, inputs, loss_fn, refs.teachers if refs else Teachers(),
                      scorer, out_dir, device, world, state)
         if dist.is_main():
@@ -124,9 +134,15 @@ def build_model(args, head_size: int, device: torch.device, world: int) -> nn.Mo
     """The model to train, seeded so that every run of the same command starts from the same
     weights; with --freeze-backbone, only its head is drawn from --seed."""
     seed_everything(FROZEN_BACKBONE_SEED if args.freeze_backbone else args.seed)
-    with dist.main_first():  # rank 0 downloads any pretrained weights, the others read its copy
-        model = build_architecture(args.arch, head_size, args.embed_dim, image_size=args.image_size,
-                                   pretrained=args.pretrained, allow_random_weights=args.allow_random_weights)
+    try:
+        with dist.main_first():  # rank 0 downloads any pretrained weights, the others read its copy
+            model = build_architecture(args.arch, head_size, args.embed_dim, image_size=args.image_size,
+                                       pretrained=args.pretrained, allow_random_weights=args.allow_random_weights)
+    except WeightsUnavailable as err:
+        raise UserError(f"{err}; fetch them ahead of time on a machine with network access "
+                        f"(python -c \"import torchvision; torchvision.models.get_model_weights('{args.arch}')"
+                        f".{PRETRAINED}.get_state_dict()\") and copy $TORCH_HOME/hub/checkpoints here, "
+                        "or pass --allow-random-weights to go on with a random backbone knowingly") from None
     if args.freeze_backbone:
         if model.weights is None and dist.is_main():
             print(f"warning: --freeze-backbone without pretrained weights: the frozen {args.arch} "
@@ -176,17 +192,6 @@ def load_references(args, mitigation: Mitigation, data: RunData, model: nn.Modul
     return References(old, teachers)
 
 
-def prepare_loss(method, num_old: int):
-    if getattr(method, "num_old", 0) is None:  # methods without teachers cannot infer C_old
-        method.num_old = num_old
-    return method
-
-
-def plain_cross_entropy(logits, targets, epoch=0):
-    """The loss of the old and new reference models."""
-    return torch.nn.functional.cross_entropy(logits, targets)
-
-
 def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer: Scorer,
         out_dir: Path, device: torch.device, world: int, state: dict | None = None) -> Scores:
     """Train ``net`` (``model`` or its head) for the remaining epochs of --epochs, scoring it and
@@ -218,9 +223,10 @@ def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer
         except NonFiniteLoss as err:
             raise UserError(non_finite_message(err, out_dir, history, args, len(loader), loss_fn,
                                                scorer.inputs.targets["test"])) from None
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         scheduler.step()
         scores = scorer(net)
-        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats,
+        record = {"epoch": epoch, "lr": lr, **stats,
                   "metrics": scores.metrics, "seconds": round(time.time() - t0, 2)}
         history.append(record)
         if dist.is_main():
@@ -257,7 +263,7 @@ def non_finite_message(err: NonFiniteLoss, out_dir: Path, history: list, args, s
         return message + (f"The teachers' logits blew up first: {names} on that batch. Reference models "
                           "trained for only a few steps have huge eval-mode logits (BatchNorm running "
                           "statistics of a few batches): train them longer, then start the run again")
-    weights = [f"--{w.replace('_', '-')}" for w in getattr(loss_fn, "term_weights", ())]
+    weights = [flag(w) for w in loss_fn.term_weights]
     message += f"Lower --lr{''.join(f' or {w}' for w in weights)}, or check the data and hyperparameters"
     num_classes = int(test_targets.max()) + 1 if len(test_targets) else 0
     if "--lm-weight" in weights and num_classes <= 20:
@@ -279,4 +285,5 @@ def write_outputs(args, role: str, out_dir: Path, model, data: RunData, test_tar
     if mitigation is not None:
         write_predictions(out_dir / "predictions.npz", test_targets, scores, data.num_old, mitigation.save_logits)
     write_json(out_dir / "results.json",
-               results_record(role, scores.metrics, save_path, data, model.weights, vars(args)))
+               results_record(role, scores.metrics, save_path, data, model.weights, vars(args),
+                              mitigation.ignored_flags if mitigation else None))

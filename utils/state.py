@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from utils.checkpoint import atomic_save, unwrap
-from utils.cli import run_settings
+from utils.checkpoint import atomic_save, atomic_write, unwrap
 from utils.errors import UserError
+from utils.settings import flag, run_settings
 
 STATE_FILE = "state.pth"      # resumable state, rewritten after every epoch
 LOG_FILE = "log.jsonl"        # one JSON record per epoch
@@ -50,9 +49,8 @@ def save_state(out_dir: Path, args, device, model, optimizer, scheduler, epoch: 
 
 
 def write_log(out_dir: Path, history: list):
-    tmp = out_dir / f".{LOG_FILE}.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-    os.replace(tmp, out_dir / LOG_FILE)
+    text = "".join(json.dumps(r) + "\n" for r in history)
+    atomic_write(out_dir / LOG_FILE, lambda f: f.write(text.encode()))
 
 
 def read_state(out_dir: Path, args) -> dict:
@@ -69,7 +67,7 @@ def read_state(out_dir: Path, args) -> dict:
     saved, current = state["config"], run_settings(args)
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if changed:
-        diffs = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        diffs = ", ".join(f"{flag(k)} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise UserError(f"--resume: {out_dir} was run with other settings ({diffs}); "
                         "repeat the original command, or use another --output-dir")
     return state

@@ -15,8 +15,9 @@ import torch
 import methods.registry as registry
 from conftest import REPO, assert_ok, common_args, script_env
 from methods import Method, Option, declared_defaults, get_method, hyperparameters, method_names, register
-from utils.cli import add_method_flags, method_flag, method_from_args, parse
+from utils.cli import add_method_flags, default_output_dir, method_from_args, parse, take_method_flags
 from utils.errors import UserError
+from utils.settings import flag, run_settings
 
 # The terms of each built-in method after the warm-up (ELODI's: only "ce" before it).
 TERMS = {
@@ -49,8 +50,8 @@ class MyMethod(Method):
         super().__init__(num_old)
         self.my_weight = my_weight
 
-    def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
-        return F.cross_entropy(logits, targets) * self.my_weight
+    def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
+        return {"weighted_ce": F.cross_entropy(logits, targets) * self.my_weight}
 '''
 
 
@@ -91,7 +92,7 @@ def test_a_new_module_in_methods_is_a_method(tmp_path):
     assert_ok(proc)
     out = json.loads(proc.stdout)
     assert set(out["names"]) >= set(TERMS) | {"MyMethod"}
-    assert out["params"] == ["my_weight"] and out["terms"] == ["loss"]
+    assert out["params"] == ["my_weight"] and out["terms"] == ["weighted_ce"]
     assert out["loss"] == pytest.approx(0.7 * math.log(3), rel=1e-6)
 
 
@@ -127,11 +128,17 @@ def test_registration_rejects_what_cannot_become_flags(monkeypatch):
         def __init__(self, weight, num_old=None):
             super().__init__(num_old)
 
-        def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
-            return logits.sum()
+        def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
+            return {"sum": logits.sum()}
 
-    with pytest.raises(TypeError, match="loss_terms or __call__"):
+    class OwnCall(NoTreatmentLike):
+        def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
+            return 2 * logits.sum()
+
+    with pytest.raises(TypeError, match="must define loss_terms"):
         register("NoLoss")(NoLoss)
+    with pytest.raises(TypeError, match="not __call__"):  # one way to write a loss: its terms
+        register("OwnCall")(OwnCall)
     with pytest.raises(TypeError, match="keyword with a default"):
         register("Required")(Required)
     with pytest.raises(ValueError, match="registered twice"):
@@ -177,7 +184,6 @@ def test_get_method_refuses_values_out_of_range(name, values, words):
 def test_option_check():
     assert Option().check(1e300) is None and Option().check("text") is None and Option().check(True) is None
     assert Option().check(math.inf) == "must be finite"
-    assert Option(finite=False).check(math.inf) is None
     assert Option(positive=True).check(0) == "must be positive"
     assert Option(min=0).check(-0.5) == "must be >= 0" and Option(min=0).check(0) is None
 
@@ -218,21 +224,6 @@ def test_distillation_terms_are_weighted():
         assert half[key].item() == pytest.approx(0.5 * one[key].item(), rel=1e-12)
 
 
-def test_a_method_with_only_call_has_one_term():
-    class Scaled(Method):
-        def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
-            return 2 * logits.sum()
-
-    z = torch.ones(2, 3)
-    assert Scaled().loss_terms(z, None)["loss"].item() == 12.0
-
-    class Neither(Method):
-        pass
-
-    with pytest.raises(NotImplementedError, match="loss_terms or __call__"):
-        Neither()(z, None)
-
-
 @pytest.mark.parametrize("name", list(TERMS))
 def test_references_at(name):
     loss_fn = get_method(name)
@@ -264,26 +255,58 @@ def test_todays_flags_come_from_the_methods():
     assert set(FLAGS) <= options
     for name in method_names():
         for param, default in declared_defaults(name).items():
-            assert method_flag(param) in options
-            assert actions[param].default == default and actions[param].type is type(default)
+            assert flag(param) in options
+            # Unset until take_method_flags: a flag given can be told from a default.
+            assert actions[param].default is None and actions[param].type is type(default)
+            assert f"default: {default}" in actions[param].help
     assert "num_old" not in actions and "--num-old" not in options
     assert "[MPT_KL, MPT_LM, MPT_nodistillation]" in actions["b"].help
-    assert "(imagenet: 1.5)" in actions["b"].help
+    assert "(default: 4.0; imagenet: 1.5)" in actions["b"].help
+
+
+def built(argv):
+    args = parse(main_parser(), argv, section="update")
+    ignored = take_method_flags(args)
+    return args, method_from_args(args), ignored
 
 
 @pytest.mark.parametrize("dataset, b", [("cifar100", 4.0), ("imagenet", 1.5)])
 def test_method_from_args_uses_the_data_sets_b(dataset, b):
-    args = parse(main_parser(), ["--dataset", dataset])
-    loss_fn = method_from_args(args)
-    assert (loss_fn.name, loss_fn.b, args.b) == ("MPT_KL", b, b)
+    args, loss_fn, ignored = built(["--dataset", dataset])
+    assert (loss_fn.name, loss_fn.b, args.b, ignored) == ("MPT_KL", b, b, {})
 
 
-def test_method_from_args_builds_with_the_methods_own_hyperparameters():
-    args = parse(main_parser(), ["--method", "ELODI_topk", "--topk", "3", "--elodi-warmup", "2", "--tau", "0"])
-    loss_fn = method_from_args(args)  # --tau is not ELODI's: not checked
+def test_method_from_args_builds_with_the_methods_own_hyperparameters(capsys):
+    args, loss_fn, ignored = built(["--method", "ELODI_topk", "--topk", "3", "--elodi-warmup", "2", "--tau", "0"])
     assert (loss_fn.topk, loss_fn.elodi_warmup, loss_fn.elodi_old_weight) == (3, 2, 0.6)
-    with pytest.raises(UserError, match="unknown method 'MPT_XL'; choose one of: .*MPT_KL"):
-        method_from_args(parse(main_parser(), ["--method", "MPT_XL"]))
+    assert ignored == {"--tau": 0.0}  # not ELODI's: not checked, not kept
+
+
+@pytest.mark.parametrize("argv", [["--b", "2", "--topk", "3"], ["--b", "4.0"], []])
+def test_flags_of_another_method_are_ignored_out_loud(argv, capsys):
+    """A flag the method does not take, even at its default value, is named in one warning line,
+    returned (results.json's ignored_flags) and taken off the settings: the run's identity and
+    folder are those of the same command without it."""
+    args, loss_fn, ignored = built(["--method", "PCT_KL", *argv])
+    plain, _, _ = built(["--method", "PCT_KL"])
+    given = dict(zip(argv[::2], map(float, argv[1::2])))
+    assert ignored == given and loss_fn.name == "PCT_KL"
+    assert "b" not in vars(args) and "topk" not in vars(args)
+    assert run_settings(args) == run_settings(plain)
+    assert default_output_dir("update", args, "x") == default_output_dir("update", plain, "x")
+    err = capsys.readouterr().err
+    if given:
+        assert err.count("\n") == 1 and err.startswith("warning: --method PCT_KL takes no ")
+        assert all(f in err for f in given)
+    else:
+        assert err == ""
+
+
+def test_a_config_sets_a_flag_too(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("update:\n  method: No_Treatment\n  b: 4.0\n")
+    args = parse(main_parser(), ["--config", str(config)], section="update")
+    assert take_method_flags(args) == {"--b": 4.0} and "--b" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -295,6 +318,7 @@ def test_method_from_args_builds_with_the_methods_own_hyperparameters():
     (["--method", "ELODI", "--elodi-warmup", "-1"], "--elodi-warmup must be >= 0"),
     (["--method", "ELODI", "--elodi-ensemble-weight", "inf"], "--elodi-ensemble-weight must be finite"),
     (["--method", "ELODI", "--ensemble-size", "0"], "--ensemble-size must be positive"),
+    (["--method", "MPT_XL"], "unknown method 'MPT_XL'; choose one of: "),
 ])
 def test_bad_method_values_exit_2(call_script, tiny_data, tmp_path, flags, words):
     out = tmp_path / "run"
@@ -306,52 +330,56 @@ def test_bad_method_values_exit_2(call_script, tiny_data, tmp_path, flags, words
 
 
 def test_flags_of_methods_that_disagree(monkeypatch):
-    """Two methods with one keyword: the flag's default is None (each method's own); the types
-    of the defaults give the flags' types; values are written back onto the arguments."""
+    """Two methods with one keyword: the help names both defaults' owner; the types of the
+    defaults give the flags' types; values are written back onto the arguments; a default that
+    is no number or string (no flag type) is refused."""
     class A(Method):
         options = {"w": Option("the weight", min=0)}
 
-        def __init__(self, w=1.0, flag=False, note=None, num_old=None):
+        def __init__(self, w=1.0, num_old=None):
             super().__init__(num_old)
-            self.w, self.flag, self.note = w, flag, note
+            self.w = w
 
-        def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
-            return logits.sum()
+        def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
+            return {"sum": logits.sum()}
 
     class B(A):
         def __init__(self, w=2.0, k=3, num_old=None):
             super().__init__(w, num_old=num_old)
             self.k = k
 
+    class C(A):
+        def __init__(self, switch=False, num_old=None):
+            super().__init__(num_old=num_old)
+
     monkeypatch.setattr(registry, "METHODS", {})
     register("A")(A)
     register("B")(B)
     parser = argparse.ArgumentParser()
     parser.add_argument("--method", default="A")
+    parser.add_argument("--dataset", default="cifar100")
     add_method_flags(parser)
     actions = {a.dest: a for a in parser._actions}
-    assert actions["w"].default is None and "each method's own" in actions["w"].help
+    assert actions["w"].default is None and "(default: each method's own)" in actions["w"].help
     assert "the weight [A, B]" in actions["w"].help
-    assert actions["k"].type is int and actions["k"].default == 3
-    assert actions["note"].type is str
-    assert parser.parse_args(["--flag"]).flag is True and parser.parse_args(["--no-flag"]).flag is False
-    args = parser.parse_args([])
-    assert method_from_args(args).w == 1.0 and args.w == 1.0
-    args = parser.parse_args(["--method", "B"])
-    assert (method_from_args(args).w, args.w, args.k) == (2.0, 2.0, 3)
-    args = parser.parse_args(["--method", "B", "--w", "0.5"])
-    assert method_from_args(args).w == 0.5
+    assert actions["k"].type is int and "(default: 3)" in actions["k"].help
+
+    def build(argv):
+        args = parser.parse_args(argv)
+        take_method_flags(args)
+        return method_from_args(args), args
+
+    loss_fn, args = build([])
+    assert loss_fn.w == 1.0 and args.w == 1.0 and "k" not in vars(args)
+    loss_fn, args = build(["--method", "B"])
+    assert (loss_fn.w, args.w, args.k) == (2.0, 2.0, 3)
+    assert build(["--method", "B", "--w", "0.5"])[0].w == 0.5
     with pytest.raises(UserError, match="--w must be >= 0, got -1.0"):
-        method_from_args(parser.parse_args(["--method", "B", "--w", "-1"]))
+        build(["--method", "B", "--w", "-1"])
     with pytest.raises(TypeError, match="clashes"):
         taken = argparse.ArgumentParser()
         taken.add_argument("--k")
         add_method_flags(taken)
-
-
-def test_tools_do_not_import_the_scripts():
-    proc = subprocess.run([sys.executable, "-c", "import sys, tools.results, tools.tables; "
-                           "bad = {'main', 'train_old_model', 'train_new_model'} & set(sys.modules); "
-                           "assert not bad, bad"], cwd=REPO, env=script_env(), capture_output=True,
-                          text=True, timeout=120)
-    assert_ok(proc)
+    register("C")(C)
+    with pytest.raises(TypeError, match="switch.*a number or a string"):
+        add_method_flags(argparse.ArgumentParser())

@@ -9,8 +9,15 @@ import pytest
 
 from conftest import REPO, assert_ok, script_env
 from tools import flips
-from utils.metrics import (bootstrap, bootstrap_interval, flip_indicators, flip_intervals, flip_metrics,
-                           percentile_interval, rate)
+from utils.metrics import (
+    bootstrap,
+    bootstrap_interval,
+    flip_indicators,
+    flip_intervals,
+    flip_metrics,
+    percentile_interval,
+    rate,
+)
 
 # Ten test samples, 4 classes, C_old = 2 (classes 0 and 1 are old); as in tests/utils/test_metrics.py.
 #   sample      0  1  2  3  4  5  6  7  8  9

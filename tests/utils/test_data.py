@@ -12,8 +12,8 @@ from torchvision.io import write_png
 
 from conftest import write_cifar_pickles
 from utils.data import load_dataset, num_old_classes, stratified_split
-from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, random_crop_flip
 from utils.errors import UserError
+from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, random_crop_flip
 from utils.pil_pipeline import pil_train_loader
 
 MEAN = torch.tensor(CIFAR_MEAN).view(3, 1, 1)

@@ -3,10 +3,9 @@
 import random
 
 import numpy as np
+import PIL
 import pytest
 import torch
-
-import PIL
 
 from utils.device import autocast, environment, fast_teachers, prefers_channels_last
 from utils.errors import UserError

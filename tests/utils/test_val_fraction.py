@@ -45,8 +45,8 @@ def test_old_and_updated_models_hold_out_the_same_old_class_images(tiny_data):
 def test_split_depends_on_the_split_seed_only(tiny_data):
     """The same --split-seed gives the same held-out images (and record) for every training
     --seed; another --split-seed another split, with another hash."""
-    from utils.cli import parse
     import main
+    from utils.cli import parse
 
     def split(*flags):
         args = parse(main.build_parser(), [*common_args(tiny_data, val_fraction=0.25), *flags], section="update")

@@ -169,6 +169,33 @@ def busy_batchnorm_model(seed: int, arch: str = "resnet18", num_classes: int = 1
     return model.eval().requires_grad_(False)
 
 
+def error_of(ckpt, role: str, num_classes: int, images_u8: torch.Tensor, targets: torch.Tensor) -> float:
+    """The error (percent) of the model saved at ``ckpt`` on uint8 CIFAR-sized images, computed
+    here from the checkpoint alone: a run's reported metric recomputed outside the run."""
+    from utils.checkpoint import load_model
+    from utils.inputs import Normalize
+
+    model, _ = load_model(ckpt, role, num_classes=num_classes, dataset="cifar10")
+    with torch.no_grad():
+        pred = model.eval()(Normalize()(images_u8)).argmax(1)
+    return 100.0 * (pred != targets).double().mean().item()
+
+
+def assert_figure(path, min_width: int = 300, min_height: int = 200):
+    """A PNG figure that shows data: at least ``min_width`` x ``min_height`` pixels, and more
+    than a blank canvas with axes (some pixels in colour, as matplotlib draws data; axes, ticks
+    and text are black or grey)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG", path
+        assert image.width >= min_width and image.height >= min_height, (path, image.size)
+        rgb = np.asarray(image.convert("RGB")).astype(int)
+    saturation = rgb.max(axis=2) - rgb.min(axis=2)
+    assert (saturation > 60).mean() > 0.0005, f"{path}: no data drawn in colour"
+
+
 def assert_ok(proc: subprocess.CompletedProcess):
     assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 

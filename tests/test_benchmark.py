@@ -1,4 +1,6 @@
-"""benchmarks/throughput.py runs end to end (tiny sizes) and ends with its speedup line."""
+"""benchmarks/throughput.py runs end to end (tiny sizes) and reports what it measured: its
+speedup is the ratio of the times it printed, its images/s the images over those times, the
+teachers the method's own, and the batched ensemble computes the loop's logits."""
 import re
 import subprocess
 import sys
@@ -7,14 +9,49 @@ import pytest
 
 from conftest import REPO, script_env
 
+pytestmark = pytest.mark.slow  # starts the benchmark and times real epochs
 
-@pytest.mark.parametrize("flags", [
-    ["--method", "MPT_KL", "--train-size", "48", "--test-size", "24", "--batch-size", "16",
-     "--workers", "0", "--repeats", "1"],
-    ["--ensemble", "--ensemble-size", "2", "--batch-size", "4", "--steps", "1", "--repeats", "1"],
-], ids=["epoch", "ensemble"])
-def test_benchmark_prints_its_speedup_last(flags):
+
+def benchmark(*flags) -> str:
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--device", "cpu", *flags],
-                          cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=120)
+                          cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert re.fullmatch(r"speedup \d+\.\d\dx", proc.stdout.strip().splitlines()[-1]), proc.stdout
+    return proc.stdout
+
+
+def ratio_bounds(slow: float, fast: float, half_step: float) -> tuple[float, float]:
+    """The range of slow / fast for the unrounded values behind two printed, rounded ones."""
+    return (slow - half_step) / (fast + half_step), (slow + half_step) / max(fast - half_step, 1e-9)
+
+
+def last_speedup(out: str) -> float:
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"speedup \d+\.\d\dx", last), out
+    return float(last.split()[1].rstrip("x"))
+
+
+def test_epoch_speedup_is_the_ratio_of_its_timed_epochs():
+    train = 48
+    out = benchmark("--method", "MPT_KL", "--train-size", str(train), "--test-size", "24", "--batch-size", "16",
+                    "--workers", "0", "--repeats", "1", "--precision", "fp32")
+    assert "MPT_KL (teachers: new, old)" in out  # the method's own teachers
+    rows = {name: (float(wall), float(rate)) for name, wall, rate in re.findall(
+        r"^(baseline \(official-style\)|engine --precision fp32)\s+(\d+\.\d+) s median of \[[^]]*\], "
+        r"(\d+\.\d) images/s", out, re.M)}
+    assert len(rows) == 2, out
+    for wall, rate in rows.values():
+        low, high = ratio_bounds(train, wall, 0.005)
+        assert low - 0.05 <= rate <= high + 0.05  # images/s: the training images over the epoch's time
+    low, high = ratio_bounds(rows["baseline (official-style)"][0], rows["engine --precision fp32"][0], 0.005)
+    assert low - 0.005 <= last_speedup(out) <= high + 0.005
+
+
+def test_ensemble_speedup_is_the_ratio_of_its_steps_and_both_agree():
+    out = benchmark("--ensemble", "--ensemble-size", "2", "--batch-size", "4", "--steps", "1", "--repeats", "1",
+                    "--precision", "fp32")
+    ms = dict(re.findall(r"^(loop|batched)\s+(\d+\.\d) ms/step median", out, re.M))
+    assert set(ms) == {"loop", "batched"}, out
+    low, high = ratio_bounds(float(ms["loop"]), float(ms["batched"]), 0.05)
+    assert low - 0.005 <= last_speedup(out) <= high + 0.005
+    difference = float(re.search(r"max \|batched - loop\| = (\S+)", out).group(1))
+    assert difference < 1e-4  # fp32: one computation, two schedules

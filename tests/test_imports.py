@@ -58,3 +58,22 @@ def test_tools_and_benchmarks_never_import_a_script():
     for name, path in modules.items():
         if name.startswith(("tools", "benchmarks")):
             assert not imports_of(path, modules) & SCRIPTS, f"{name} imports a script"
+
+
+# Lower layers never import higher ones (docs/architecture.md): models/ and methods/ know nothing
+# of utils/, and a run's parts never import the command line or the runner.
+LAYERS = {
+    "models": ("utils", "methods", "tools"),
+    "methods": ("utils", "models", "tools"),
+    "utils": ("utils.cli", "utils.runner", "tools"),
+}
+
+
+def test_lower_layers_never_import_higher_ones():
+    modules = repository_modules()
+    for name, path in modules.items():
+        layer = name.split(".")[0]
+        if layer not in LAYERS or name in ("utils.cli", "utils.runner"):
+            continue
+        above = {m for m in imports_of(path, modules) if m.startswith(LAYERS[layer])} - {name}
+        assert not above, f"{name} imports {sorted(above)}"

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import GENTLE, NUM_OLD, common_args, run_inline, write_cifar_pickles
+from conftest import GENTLE, NUM_OLD, common_args, error_of, run_inline, write_cifar_pickles
 from methods import method_names
+from utils.data import load_dataset
 
 
 @pytest.mark.parametrize("method", method_names())
@@ -62,7 +63,9 @@ def test_scripts_read_torchvision_pickles_offline(tmp_path):
     metrics = run_inline("train_old_model.py", *common_args(tmp_path / "data"), "--output-dir", tmp_path / "old",
                          "--save", tmp_path / "old.pth")
     results = json.loads((tmp_path / "old" / "results.json").read_text())
-    assert results["er_old"] == metrics["er_old"] and 0 <= metrics["er_old"] <= 100
+    test = load_dataset("cifar10", tmp_path / "data").test.classes_below(NUM_OLD)  # the same pickles, read again
+    expected = error_of(tmp_path / "old.pth", "old", NUM_OLD, test.images, test.targets)
+    assert results["er_old"] == metrics["er_old"] == pytest.approx(expected)
 
 
 # --- what a mitigation trains with, and what is scored -----------------------------------------

@@ -152,12 +152,15 @@ def test_cross_entropy_hand_worked():
     assert loss.item() == pytest.approx((math.log(4 / 3) + math.log(4)) / 2, abs=1e-12)
 
 
-def test_biased_cross_entropy_hand_worked():
-    # b = ln 3 on the two new classes turns logits [0, 0, 0, 0] into the softmax
-    # denominator 1 + 1 + 3 + 3 = 8: CE is ln 8 for an old class, ln(8/3) for a new one.
-    z = torch.zeros(2, 4, dtype=torch.float64)
-    loss = get_method("MPT_nodistillation", b=math.log(3), num_old=2)(z, torch.tensor([0, 2]))
-    assert loss.item() == pytest.approx((math.log(8) + math.log(8 / 3)) / 2, abs=1e-12)
+@pytest.mark.parametrize("target, expected", [(0, math.log(10)), (1, math.log(10 / 3)), (3, math.log(10 / 3))])
+def test_biased_cross_entropy_hand_worked(target, expected):
+    # One old class and three new ones (asymmetric, so that a bias on the wrong side, or a split
+    # off by one, gives other numbers): b = ln 3 on the new classes turns logits [0, 0, 0, 0]
+    # into the softmax denominator 1 + 3 + 3 + 3 = 10: CE is ln 10 for the old class, ln(10/3)
+    # for a new one.
+    z = torch.zeros(1, 4, dtype=torch.float64)
+    loss = get_method("MPT_nodistillation", b=math.log(3), num_old=1)(z, torch.tensor([target]))
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
 
 
 def test_focal_kl_hand_worked():
@@ -191,6 +194,19 @@ def test_bias_only_affects_cross_entropy(distance):
     assert biased - unbiased == pytest.approx(ce_b(Z, Y, C_OLD, b) - ce(Z, Y), abs=1e-10)
     # Zero bias makes MPT its no-bias ablation.
     assert call(f"MPT_{distance}", **{**DEFAULTS, "b": 0.0}) == pytest.approx(unbiased, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ELODI", "ELODI_topk"])
+def test_elodi_with_other_weights_and_warmup(name):
+    """Non-default weights (the ensemble's larger than the old model's, unlike the defaults) and
+    warm-up, against the formula: CE before epoch 2, then CE + w_old LM(z_old, old) + w_ens LM(z, ens)."""
+    w_old, w_ens, k = 0.25, 1.5, 3
+    method = build(name, elodi_old_weight=w_old, elodi_ensemble_weight=w_ens, elodi_warmup=2, topk=k)
+    z, y, old, new = as_tensors()
+    distance = lm if name == "ELODI" else (lambda u, r: lm_topk(u, r, k))
+    expected = ce(Z, Y) + w_old * distance(Z[:, :C_OLD], OLD) + w_ens * distance(Z, NEW)
+    assert method(z, y, old, new, epoch=2).item() == pytest.approx(expected, abs=1e-12)
+    assert method(z, y, old, new, epoch=1).item() == pytest.approx(ce(Z, Y), abs=1e-12)
 
 
 @pytest.mark.parametrize("name", ["ELODI", "ELODI_topk"])

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_ok, script_env
+from conftest import REPO, assert_figure, assert_ok, script_env
 from tools import flips
 from utils.metrics import (
     bootstrap,
@@ -92,16 +92,26 @@ def test_small_p_values_keep_their_size_in_the_markdown():
     assert flips._p_value(None) == "–"
 
 
-def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_more_samples():
+def normal_interval(percent: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The textbook 95 % interval of a proportion p (given in percent, as ``rate`` returns it),
+    p +- z sqrt(p (1 - p) / n): for a rate over hundreds of samples the percentile bootstrap must
+    agree with it closely."""
+    p = percent / 100
+    half = z * math.sqrt(p * (1 - p) / n)
+    return 100 * (p - half), 100 * (p + half)
+
+
+def test_bootstrap_interval_agrees_with_the_normal_interval_and_shrinks_with_more_samples():
     rng = np.random.default_rng(1)
     x = rng.random(200) < 0.3
     point = rate(x)
     low, high = bootstrap_interval(rate, x, resamples=2000, seed=0)
-    assert low < point < high
-    more = np.tile(x, 25)  # the same rate on 25 times the samples: about a fifth of the width
+    # Within about two steps of the rate's grid (0.5 points) and the noise of a 2.5 % quantile.
+    assert (low, high) == pytest.approx(normal_interval(point, 200), abs=1.2)
+    more = np.tile(x, 25)  # the same rate on 25 times the samples: a fifth of the width
     low25, high25 = bootstrap_interval(rate, more, resamples=2000, seed=0)
-    assert low25 < point < high25
-    assert (high25 - low25) < 0.4 * (high - low)
+    assert (low25, high25) == pytest.approx(normal_interval(point, 5000), abs=0.3)
+    assert (high25 - low25) == pytest.approx((high - low) / 5, rel=0.15)
     # seeded: the same seed, the same interval; a wider level, a wider interval
     assert bootstrap_interval(rate, x, resamples=2000, seed=0) == (low, high)
     low99, high99 = bootstrap_interval(rate, x, resamples=2000, confidence=0.99, seed=0)
@@ -135,7 +145,8 @@ def test_nfr_intervals_and_the_paired_difference():
     f = flip_indicators(targets, old_pred, pred, 2)
     metrics = flip_metrics(targets, old_pred, pred, 2)
     ci = flip_intervals(f, resamples=1000)
-    assert ci["nfr"][0] < metrics["nfr"] < ci["nfr"][1]
+    n_old = int((targets < 2).sum())  # NFR is a rate over the old-class samples, in percent
+    assert ci["nfr"] == pytest.approx(normal_interval(metrics["nfr"], n_old), abs=0.6)
     assert ci["rel_nfr"][0] < metrics["rel_nfr"] < ci["rel_nfr"][1]
     # A second update differing on a few samples: the paired interval is much narrower than
     # what two independent intervals would allow, and it holds the difference.
@@ -208,7 +219,7 @@ def test_command_on_hand_made_runs(tmp_path, capsys):
     assert "cat -> dog: 1" in md and "dog -> ship: 1" in md
     assert "| 0 | 1 |" in md
     for png in ("per_class_nfr.png", "flip_matrix_0.png", "flip_matrix_1.png", "flip_matrix_2.png"):
-        assert (out / png).stat().st_size > 0, png
+        assert_figure(out / png, 200, 150)
     assert not (out / "margins.png").exists()
 
 
@@ -238,7 +249,7 @@ def test_margins_from_saved_logits(tmp_path):
     assert margin["median"] == 2.0 and margin["old_model_median"] == 1.0
     # of the old model's 5 right answers, 2 (samples 1 and 2) have a negative updated margin
     assert margin["share_below_zero_of_old_correct"] == pytest.approx(40.0)
-    assert (tmp_path / "out" / "margins.png").stat().st_size > 0
+    assert_figure(tmp_path / "out" / "margins.png", 200, 150)
 
 
 @pytest.mark.parametrize("results_num_old, arrays, classes, old_fraction, expected", [

@@ -3,14 +3,8 @@ import sys
 
 import pytest
 
+from conftest import assert_figure
 from tools import plots
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def assert_png(path):
-    data = path.read_bytes()
-    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
 
 
 def test_b_sweep_figure(tmp_path, fake_run):
@@ -20,7 +14,7 @@ def test_b_sweep_figure(tmp_path, fake_run):
                 fake_run(tmp_path / "sweep" / f"{method}-b{b}-{seed}", method=method, b=b, seed=seed,
                          er_all=30 + b + seed, nfr=5 - b + seed / 10)
     plots.main(["b-sweep", str(tmp_path / "sweep"), "--out", str(tmp_path / "fig4.png")])
-    assert_png(tmp_path / "fig4.png")
+    assert_figure(tmp_path / "fig4.png")
 
 
 def test_b_sweep_needs_runs_that_use_b(tmp_path, fake_run, capsys):
@@ -43,7 +37,7 @@ def test_missing_matplotlib_is_one_line_and_exit_2(tmp_path, fake_run, monkeypat
 def test_embeddings_figure(tiny_sweep, tmp_path, capsys):
     runs = [tiny_sweep / "MPT_KL" / b / "seed42" for b in ("b0", "b2")]
     plots.main(["embeddings", *map(str, runs), "--out", str(tmp_path / "fig3.png"), "--max-points", "30"])
-    assert_png(tmp_path / "fig3.png")
+    assert_figure(tmp_path / "fig3.png")
 
 
 def test_embeddings_need_a_2d_model(old_ckpt, capsys):

@@ -1,6 +1,8 @@
 """Model checkpoints: round trip, loading on the CPU, and the errors of a file that does not fit."""
+import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,6 +74,44 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_every_final_file_is_written_through_a_temporary_name_of_its_own(tmp_path, monkeypatch):
+    """results.json, log.jsonl, predictions.npz and checkpoints all go through atomic_write:
+    a temporary file of a name no other write shares, in the same folder, renamed at the end; a
+    write that fails leaves the previous file as it was and no temporary file behind."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import utils.checkpoint
+    from utils.outputs import write_json, write_predictions
+    from utils.state import write_log
+
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(utils.checkpoint.os, "replace", lambda src, dst: (renamed.append((src, dst)),
+                                                                           real_replace(src, dst)))
+    scores = SimpleNamespace(old_pred=np.zeros(2), pred=np.ones(2), logits=torch.zeros(2, 3),
+                             old_logits=torch.zeros(2, 2))
+    for _ in range(2):
+        write_json(tmp_path / "results.json", {"nfr": 1.0})
+        write_log(tmp_path, [{"epoch": 0}])
+        write_predictions(tmp_path / "predictions.npz", [0, 1], scores, 2)
+        atomic_save({"x": 1}, tmp_path / "checkpoint.pth")
+    sources = [Path(src) for src, _ in renamed]
+    assert len(renamed) == 8 and len(set(sources)) == 8
+    assert {Path(dst).name for _, dst in renamed} == {"results.json", "log.jsonl", "predictions.npz",
+                                                       "checkpoint.pth"}
+    assert all(src.parent == tmp_path for src in sources)
+    assert json.loads((tmp_path / "results.json").read_text()) == {"nfr": 1.0}
+
+    before = (tmp_path / "log.jsonl").read_bytes()
+    with pytest.raises(ZeroDivisionError):  # a crash half-way through the write
+        utils.checkpoint.atomic_write(tmp_path / "log.jsonl", lambda f: (f.write(b"half"), 1 / 0))
+    assert (tmp_path / "log.jsonl").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "log.jsonl", "predictions.npz",
+                                                          "results.json"]
 
 
 @pytest.mark.parametrize("role, num_classes, words", [

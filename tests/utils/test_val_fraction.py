@@ -7,7 +7,7 @@ import torch
 
 import utils.data
 import utils.runner
-from conftest import NUM_OLD, assert_user_error, common_args, run_inline
+from conftest import NUM_OLD, assert_user_error, common_args, error_of, run_inline
 from utils.data import load_dataset, validation_split
 
 
@@ -25,7 +25,11 @@ def test_old_model_trains_on_the_rest_and_reports_val(tiny_data, tmp_path, monke
                "--output-dir", out, "--save", tmp_path / "old.pth")
     assert seen == [NUM_OLD * 6]  # 8 images per old class, 2 of them held out
     results = json.loads((out / "results.json").read_text())
-    assert set(results["val"]) == {"er_old"} and 0 <= results["val"]["er_old"] <= 100
+    assert set(results["val"]) == {"er_old"}
+    data = load_dataset("cifar10", tiny_data)  # the held-out old-class images, scored here again
+    val = data.holdout(validation_split(data.train.targets, 0.25, split_seed=42)[0]).classes_below(NUM_OLD).val
+    expected = error_of(tmp_path / "old.pth", "old", NUM_OLD, val.images, val.targets)
+    assert results["val"]["er_old"] == pytest.approx(expected)
     record = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     assert record["metrics"]["val"] == results["val"]
 
@@ -40,6 +44,31 @@ def test_old_and_updated_models_hold_out_the_same_old_class_images(tiny_data):
     old = data.holdout(held).classes_below(NUM_OLD).val
     assert (full.images[full.targets < NUM_OLD] == old.images).all()
     assert len(held) == 10 * 2 and record["val_fraction"] == 0.25 and record["split_seed"] == 42
+
+
+def test_validation_split_is_disjoint_from_training_by_index():
+    """Every training image carries its own index in its pixels: after the hold-out, the training
+    and validation splits hold disjoint indices that together are the whole training set, the
+    validation split exactly the held-out ones, the same share of every class."""
+    from utils.inputs import Dataset, ImageSet
+
+    n, classes = 200, 4
+    index = torch.arange(n)
+    images = torch.zeros(n, 3, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0], images[:, 0, 0, 1] = index % 256, index // 256
+    targets = torch.arange(n) % classes
+    data = Dataset("tagged", list("abcd"), ImageSet(images, targets), ImageSet(images[:1], targets[:1]))
+    held, _ = validation_split(targets, 0.1, split_seed=5)
+    split = data.holdout(held)
+
+    def indices(part):
+        return (part.images[:, 0, 0, 0].long() + 256 * part.images[:, 0, 0, 1].long()).tolist()
+
+    train, val = indices(split.train), indices(split.val)
+    assert set(train).isdisjoint(val) and sorted(train + val) == list(range(n))
+    assert sorted(val) == sorted(held.tolist())
+    assert torch.equal(split.val.targets, targets[held]) and torch.equal(split.train.targets, targets[train])
+    assert torch.bincount(split.val.targets).tolist() == [5] * classes  # 10 % of each class's 50
 
 
 def test_split_depends_on_the_split_seed_only(tiny_data):

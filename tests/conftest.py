@@ -213,6 +213,16 @@ def assert_user_error(result, *words) -> str:
     return lines[-1]
 
 
+# The fixtures that train models (seconds each, once per session): a test that uses one is slow.
+TRAINING_FIXTURES = {"old_ckpt", "new_ckpt", "gentle_refs", "tiny_sweep"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")

@@ -28,6 +28,7 @@ def test_resnet18_old_to_resnet50_new_and_updated(tiny_data, old_ckpt, tmp_path)
     assert "nfr" in json.loads((tmp_path / "update" / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_frozen_vit_runs_its_backbone_once_per_image(tiny_data, tmp_path, capsys):
     """Two epochs of a random-weight ViT-B/32 head (32-pixel inputs: one patch): the backbone
     sees every old-class image once, for the feature cache, and never again."""
@@ -107,6 +108,7 @@ def test_pretrained_vit_needs_its_input_size(tmp_path, capsys):
     assert "--image-size 224" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_dimensional_embedding(tiny_data, tmp_path):
     """Figure 3's models: a 2-d embedding before the classifier, exposed by ``features``."""
     run_inline("train_new_model.py", *common_args(tiny_data, embed_dim=2),

@@ -17,6 +17,8 @@ import pytest
 
 from conftest import REPO, assert_ok, common_args, run_inline, script_env, write_tiny_dataset
 
+pytestmark = pytest.mark.slow  # every test starts processes under torchrun
+
 
 def torchrun(script: str, *args, cwd) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node 2 script args...`` on the CPU."""

@@ -6,7 +6,11 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, assert_ok, common_args, script_env
+
+pytestmark = pytest.mark.slow  # runs main.py on a copy of the repository
 
 DOC = REPO / "docs" / "architecture.md"
 

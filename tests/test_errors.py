@@ -140,6 +140,7 @@ def test_data_root_errors(call_script, existing, data_copy, case, words):
     check_fails_cleanly(call_script, existing, "train_old_model.py", args, words)
 
 
+@pytest.mark.slow
 def test_data_set_that_cannot_be_downloaded(tmp_path, existing):
     """No data at --data-root and no network (the tests send every request to a closed port):
     the message names --data-root and both layouts, and no empty folder is left behind."""
@@ -155,6 +156,7 @@ def test_data_set_that_cannot_be_downloaded(tmp_path, existing):
 
 # --- pretrained weights ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_pretrained_weights_that_cannot_be_loaded(existing, tiny_data, tmp_path):
     """--pretrained without network and without a cached copy (an empty TORCH_HOME): one error
     line, exit code 2, and nothing written; the run never goes on with random weights."""
@@ -170,6 +172,7 @@ def test_pretrained_weights_that_cannot_be_loaded(existing, tiny_data, tmp_path)
     assert not existing.fresh_dir.exists() and not save.exists()
 
 
+@pytest.mark.slow
 def test_pretrained_weights_missing_but_random_weights_allowed(tiny_data, tmp_path):
     """--allow-random-weights: a warning, a run from a random backbone, and weights: null in
     results.json and the checkpoint."""

@@ -17,6 +17,8 @@ from conftest import NUM_CLASSES, NUM_OLD, common_args, run_inline
 from models import build_model
 from utils.checkpoint import atomic_save, model_checkpoint
 
+pytestmark = pytest.mark.slow  # every test trains or compiles a model
+
 # One epoch (five steps) at lr 1e-4 from the same weights on the same batches. The epoch's mean
 # training loss is the sharp check: a path that only rounds differently moves it by less than
 # LOSS_TOL (measured: 4e-5 for folded teachers, 1e-3 for bf16), a wrong one (a teacher that is

@@ -51,6 +51,7 @@ def test_folder_loaders_shard_the_splits_and_keep_the_old_classes(tiny_imagenet)
     assert torch.equal(shards[0].targets["test"], old.test.targets)
 
 
+@pytest.mark.slow
 def test_three_scripts_on_an_imagenet_folder(tiny_imagenet, tmp_path):
     common = ["--dataset", "imagenet", "--data-root", tiny_imagenet, "--epochs", 1, "--batch-size", 4,
               "--image-size", 32, "--workers", 0, "--device", "cpu"]

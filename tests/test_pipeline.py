@@ -10,6 +10,8 @@ from conftest import GENTLE, NUM_OLD, common_args, error_of, run_inline, write_c
 from methods import method_names
 from utils.data import load_dataset
 
+pytestmark = pytest.mark.slow  # every test trains end to end
+
 
 @pytest.mark.parametrize("method", method_names())
 def test_every_method_runs_and_its_files_agree(method, tiny_data, gentle_refs, tmp_path):

@@ -77,6 +77,7 @@ def copy_of_the_code(dst):
     return dst
 
 
+@pytest.mark.slow
 def test_a_new_module_in_methods_is_a_method(tmp_path):
     code = copy_of_the_code(tmp_path / "code")
     script = textwrap.dedent("""

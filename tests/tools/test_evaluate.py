@@ -4,8 +4,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO, assert_ok, common_args, run_script, script_env
+
+pytestmark = pytest.mark.slow  # trains and scores checkpoints
 
 
 def evaluate(*args) -> subprocess.CompletedProcess:

@@ -297,6 +297,7 @@ def test_other_roles_are_skipped_and_errors_are_one_line(tmp_path, capsys):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "results.json" in proc.stderr
 
 
+@pytest.mark.slow
 def test_module_command_line(tmp_path):
     run = write_run(tmp_path / "r")
     proc = subprocess.run([sys.executable, "-m", "tools.flips", str(run), "--out", str(tmp_path / "out"),

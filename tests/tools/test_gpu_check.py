@@ -3,7 +3,11 @@ the CUDA tests, the benchmarks and a training study: tests/test_cuda.py and its 
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, script_env
+
+pytestmark = pytest.mark.slow  # starts tools/gpu_check.sh
 
 
 def gpu_check(tmp_path, *args, **env):

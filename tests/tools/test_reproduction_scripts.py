@@ -3,7 +3,11 @@ import csv
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, assert_figure, assert_ok, script_env
+
+pytestmark = pytest.mark.slow  # runs the reproduction scripts end to end
 
 
 def run_bash_script(script, *args, **env):

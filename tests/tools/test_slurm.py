@@ -120,6 +120,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_one_node_one_process_trains_on_the_cpu_through_the_real_torchrun(stubs, tiny_data, tmp_path):
     """The same command line with the real torchrun (c10d rendezvous on this machine): one epoch
     of the old model on the tiny data set."""

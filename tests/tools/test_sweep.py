@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, assert_figure, script_env
+
+pytestmark = pytest.mark.slow  # runs tools/sweep_b.sh end to end
 
 METRIC_KEYS = {"er_old", "er_all", "nfr", "rel_nfr", "pfr", "er_old_model"}
 

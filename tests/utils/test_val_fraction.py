@@ -11,6 +11,7 @@ from conftest import NUM_OLD, assert_user_error, common_args, error_of, run_inli
 from utils.data import load_dataset, validation_split
 
 
+@pytest.mark.slow
 def test_old_model_trains_on_the_rest_and_reports_val(tiny_data, tmp_path, monkeypatch):
     seen = []
 
@@ -128,6 +129,7 @@ def test_references_trained_on_the_whole_training_set_are_refused(call_script, t
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_references_of_another_split_are_refused(call_script, tiny_data, split_refs, tmp_path):
     out = tmp_path / "run"
     result = update(call_script, tiny_data, out, split_refs["old"], split_refs["new_split3"])
@@ -136,6 +138,7 @@ def test_references_of_another_split_are_refused(call_script, tiny_data, split_r
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_references_of_the_same_split_serve_every_training_seed(call_script, tiny_data, split_refs, tmp_path):
     """The split is --split-seed's, not --seed's: an update with another training seed uses the
     same references, and reports its validation metrics."""

@@ -1,5 +1,6 @@
 """The documentation's code runs: docs/architecture.md's "Adding a method" example module and
-its test, dropped into a copy of the repository, and main.py with the new method's flag."""
+its test, dropped into a copy of the repository, and main.py with the new method's flag; its
+example of the losses in a user's own training loop."""
 import json
 import re
 import shutil
@@ -7,10 +8,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO, assert_ok, common_args, script_env
-
-pytestmark = pytest.mark.slow  # runs main.py on a copy of the repository
 
 DOC = REPO / "docs" / "architecture.md"
 
@@ -22,6 +22,7 @@ def code_after(title: str) -> str:
     return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
 
 
+@pytest.mark.slow  # runs main.py on a copy of the repository
 def test_adding_a_method_example(tmp_path, tiny_data, old_ckpt):
     code = tmp_path / "code"
     code.mkdir()
@@ -42,3 +43,20 @@ def test_adding_a_method_example(tmp_path, tiny_data, old_ckpt):
     assert (config["hinge_weight"], config["margin"]) == (0.2, 2.0)
     terms = json.loads((out / "log.jsonl").read_text())["terms"]
     assert set(terms) == {"ce", "hinge"}
+
+
+def test_own_training_loop_example(capsys):
+    """The example trains its three small models with its own loop and MPT_KL's loss; the NFR it
+    prints is the share of old-class test samples the old model gets right and the update wrong."""
+    example = {}
+    exec(compile(code_after("own_loop.py"), "own_loop.py", "exec"), example)
+    assert example["mpt"].name == "MPT_KL" and example["mpt"].b == 4.0
+    x, y = example["x_test"], example["y_test"]
+    with torch.no_grad():
+        old_right = example["old_model"](x).argmax(1) == y
+        new_wrong = example["updated"](x).argmax(1) != y
+    on_old = y < 5
+    metrics = example["metrics"]
+    assert metrics["nfr"] == pytest.approx(100 * (old_right & new_wrong & on_old).sum().item() / on_old.sum().item())
+    assert metrics["er_all"] < 30  # the loop trained the model (10 classes: 90 % by chance)
+    assert "'nfr'" in capsys.readouterr().out

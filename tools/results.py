@@ -13,7 +13,6 @@ import json
 import math
 import os
 import statistics
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import NamedTuple
 from methods import declared_defaults, hyperparameters, method_names
 from utils.checkpoint import read_checkpoint
 from utils.cli import DATASET_DEFAULTS, NOT_IDENTITY, base_parser
-from utils.errors import UserError
+from utils.errors import UserError, warn
 
 METRICS = ("er_old", "er_all", "nfr", "rel_nfr")
 REFERENCES = {"old": "Old model", "new": "New model"}
@@ -32,10 +31,6 @@ REFERENCES = {"old": "Old model", "new": "New model"}
 ROW_ORDER = ["Old model", "New model", "No_Treatment", "PCT_Naive", "PCT_KL", "PCT_LM", "ELODI",
              "ELODI_topk", "MPT_nodistillation", "MPT_KL_nobias", "MPT_LM_nobias", "MPT_KL", "MPT_LM"]
 UNKNOWN = "?"
-
-
-def warn(message: str):
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def uses_b(method: str | None) -> bool:

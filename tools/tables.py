@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from tools.flips import load_run
-from tools.results import METRICS, Row, Run, TableKey, find_runs, group, warn
-from utils.errors import UserError, exit_on_user_error
+from tools.results import METRICS, Row, Run, TableKey, find_runs, group
+from utils.errors import UserError, exit_on_user_error, warn
 from utils.metrics import bootstrap_interval, flip_indicators, rate
 
 HEADERS = {"er_old": "ER(Y_old)", "er_all": "ER(Y_all)", "nfr": "NFR", "rel_nfr": "Rel-NFR"}

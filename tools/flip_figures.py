@@ -144,13 +144,17 @@ def plot_flip_split(entries: list[dict], colours: dict, out: Path):
     y = np.arange(len(entries))
     nfr = np.array([e["nfr"] or 0 for e in entries])
     into_new = nfr * np.array([e["flips_to_new_classes"] or 0 for e in entries]) / 100
-    ax.barh(y, nfr - into_new, color=[colours[e["group"]] for e in entries], label="old -> another old class")
-    ax.barh(y, into_new, left=nfr - into_new, color=[colours[e["group"]] for e in entries], hatch="///",
-            edgecolor="white", label="old -> a new class")
+    colour = [colours[e["group"]] for e in entries]
+    ax.barh(y, nfr - into_new, color=colour)
+    ax.barh(y, into_new, left=nfr - into_new, color=colour, hatch="///", edgecolor="white")
     ax.set_yticks(y, [e["label"] for e in entries], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("NFR (%): negative flips of the old-class samples, by where they land")
-    _legend_below(ax, 2)
+    # the legend in grey: the bars' colours are the groups'
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor="grey"),
+               plt.Rectangle((0, 0), 1, 1, facecolor="grey", hatch="///", edgecolor="white")]
+    ax.legend(handles, ["old -> another old class", "old -> a new class"], loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(entries) < 6 else -0.15),
+              ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     _save(fig, out)
 

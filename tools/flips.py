@@ -39,8 +39,9 @@ warning (one without a role counts as an update). C_old comes from results.json'
 predictions' "num_old", the width of the old model's logits, or else round(--old-fraction x C).
 
 Margins z_y - max_{j != y} z_j come from predictions.npz's "margin" / "old_margin" (fp32, written
-by main.py and tools.evaluate) or else from its float16 logits; a float16 margin whose sign
-contradicts the stored prediction (a near tie rounded) counts as a tie, 0.
+by main.py and tools.evaluate) or else from its float16 logits, where rounding makes near ties
+exact (0); a margin whose sign contradicts the stored prediction (predictions not made from those
+logits) counts as a tie, 0: the stored prediction is what the flips count.
 """
 from __future__ import annotations
 

@@ -195,7 +195,9 @@ def margins(logits, targets) -> np.ndarray:
 
 def margins_agreeing_with(pred, targets, margin) -> np.ndarray:
     """``margin`` made to agree in sign with the predictions: at most 0 where ``pred`` is wrong, at
-    least 0 where it is right. Margins of rounded (float16) logits can contradict the predictions
-    made from the full-precision ones where two logits (nearly) tie; such a margin is a tie, 0."""
+    least 0 where it is right; a margin that contradicts its prediction is taken as a tie, 0.
+    Rounding the logits that gave the predictions (float16) keeps their order, so it can only
+    turn a margin into 0; a contradiction means predictions not made from these logits (other
+    code, another precision), and the stored prediction is what the flips count."""
     right = np.asarray(pred) == np.asarray(targets)
     return np.where(right, np.maximum(margin, 0), np.minimum(margin, 0)).astype(np.float32)

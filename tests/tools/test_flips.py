@@ -1,4 +1,5 @@
 """python -m tools.flips and its statistics on hand-made predictions with answers counted by hand."""
+import csv
 import json
 import math
 import subprocess
@@ -164,8 +165,8 @@ def test_margins_in_chunks_and_agreeing_with_the_predictions(monkeypatch):
     whole = margins(logits, targets)
     monkeypatch.setattr(utils.metrics, "MARGIN_CHUNK", 8)
     np.testing.assert_array_equal(margins(logits, targets), whole)
-    # float16 rounding: a sample predicted right (fp32 argmax) whose rounded margin is -0.01, one
-    # predicted wrong whose rounded margin is +0.01: both are ties, 0; the others keep theirs
+    # predictions not made from these logits: a sample predicted right whose margin is -0.01, one
+    # predicted wrong whose margin is +0.01: both are taken as ties, 0; the others keep theirs
     pred, targets = np.array([0, 1, 2, 0]), np.array([0, 0, 2, 1])
     agreed = margins_agreeing_with(pred, targets, np.array([-0.01, 0.01, 1.5, -2.0]))
     np.testing.assert_array_equal(agreed, np.array([0.0, 0.0, 1.5, -2.0], np.float32))
@@ -316,3 +317,214 @@ def test_results_without_a_role_count_as_an_update(tmp_path, capsys):
     assert proc.returncode == 0 and "skipping" not in proc.stderr
     entry = strict_json(tmp_path / "out" / "flips.json")["runs"][0]
     assert entry["method"] == "MyMethod" and entry["nfr"] == pytest.approx(200 / 7)
+
+
+# ---------------------------------------------------------------------------------------------
+# A study: labels, groups over seeds, Holm, --baseline, flips.csv, the b sweep, the images
+# ---------------------------------------------------------------------------------------------
+def test_holm_against_a_hand_worked_example():
+    # sorted 0.01, 0.02, 0.03, 0.5 scaled by 4, 3, 2, 1: 0.04, 0.06, 0.06, 0.5 (running maximum)
+    assert flips.holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    # 0.04 x 3 = 0.12, then 0.04 x 2 = 0.08 raised to the running maximum 0.12; 0.9 x 1
+    assert flips.holm([0.04, 0.04, 0.9]) == pytest.approx([0.12, 0.12, 0.9])
+    # 0.6 x 2 capped at 1, and 0.7 x 1 raised to it
+    assert flips.holm([0.7, 0.6]) == pytest.approx([1.0, 1.0])
+    assert flips.holm([]) == []
+
+
+def test_welch_interval_is_scipys():
+    from scipy.stats import ttest_ind
+
+    a, b = [6.1, 6.1, 7.3], [15.42, 17.62]
+    diff, (low, high), p = flips.welch(a, b, 0.9)
+    expected = ttest_ind(a, b, equal_var=False)
+    assert diff == pytest.approx(np.mean(a) - np.mean(b))
+    assert (low, high) == pytest.approx(tuple(expected.confidence_interval(0.9)))
+    assert p == pytest.approx(expected.pvalue)
+    # no spread on either side: Welch has no degrees of freedom, so no interval
+    diff, interval, p = flips.welch([6.1, 6.1], [15.4, 15.4], 0.95)
+    assert diff == pytest.approx(-9.3) and all(map(math.isnan, interval)) and math.isnan(p)
+
+
+def test_method_hyperparameters_read_without_torch_equal_the_registry():
+    from methods import declared_defaults, method_names
+    from tools.run_labels import dataset_defaults, declared_hyperparameters, not_identity
+    from utils.cli import DATASET_DEFAULTS, NOT_IDENTITY
+
+    assert declared_hyperparameters() == {m: declared_defaults(m) for m in method_names()}
+    assert dataset_defaults() == DATASET_DEFAULTS and not_identity() == NOT_IDENTITY
+
+
+def test_labels_name_the_settings_that_differ():
+    from tools.run_labels import labels
+
+    configs = [{"dataset": "cifar100", "b": 2.0, "tau": 5.0, "seed": 1, "arch": "resnet18"},
+               {"dataset": "cifar100", "b": 4.0, "tau": 2.0, "seed": 1, "arch": "resnet18"},
+               {"dataset": "imagenet", "b": 1.5, "seed": 7, "arch": "resnet50"},
+               {"dataset": "cifar100", "b": 4.0, "lm_weight": 0.1, "seed": 1, "arch": "resnet18"}]
+    names = labels(["MPT_KL", "MPT_KL", "PCT_KL", "PCT_KL"], configs)
+    assert [n.label for n in names] == [
+        "MPT_KL-b2-arch=resnet18-dataset=cifar100-seed1",
+        "MPT_KL-b4-tau2-arch=resnet18-dataset=cifar100-seed1",   # tau off its default of 5
+        "PCT_KL-arch=resnet50-dataset=imagenet-seed7",           # PCT_KL takes no b
+        "PCT_KL-arch=resnet18-dataset=cifar100-seed1"]           # nor lm_weight
+    assert [n.curve for n in names[:2]] == ["MPT_KL-arch=resnet18-dataset=cifar100",
+                                            "MPT_KL-tau2-arch=resnet18-dataset=cifar100"]
+    # the same run twice: still two labels
+    twice = labels(["No_Treatment"] * 2, [{"seed": 3}] * 2)
+    assert [n.label for n in twice] == ["No_Treatment-seed3", "No_Treatment-seed3#2"]
+
+
+# 12 test samples, 6 classes, C_old = 3; the old model right on samples 0-7, wrong on 8.
+STUDY_TARGETS = [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 4, 5]
+STUDY_OLD = [0, 0, 0, 1, 1, 1, 2, 2, 1, 3, 3, 3]
+# Which of the old model's right samples (0-7) each run flips, and to what; the rest it gets right.
+STUDY = {  # (method, b, seed): {sample: updated prediction}
+    ("MPT_KL", 2.0, 1): {0: 3},
+    ("MPT_KL", 2.0, 2): {0: 3, 1: 4},
+    ("MPT_KL", 2.0, 3): {0: 4, 4: 0, 6: 5},
+    ("MPT_KL", 4.0, 1): {0: 1},
+    ("MPT_KL", 4.0, 2): {},
+    ("No_Treatment", 4.0, 1): {0: 3, 1: 3, 3: 4, 6: 1},
+    ("No_Treatment", 4.0, 2): {0: 3, 2: 5, 3: 4, 6: 1, 7: 0},
+}
+
+
+def write_study(root):
+    folders = []
+    for (method, b, seed), flipped in STUDY.items():
+        pred = [t if t < 3 or i >= 9 else t for i, t in enumerate(STUDY_TARGETS)]
+        for sample, to in flipped.items():
+            pred[sample] = to
+        run = write_run(root / f"{method}-{b:g}-{seed}", targets=STUDY_TARGETS, old_pred=STUDY_OLD, pred=pred,
+                        method=method, num_old=3, classes=list("abcdef"))
+        results = json.loads((run / "results.json").read_text())
+        results["config"].update(b=b, seed=seed)
+        (run / "results.json").write_text(json.dumps(results))
+        folders.append(run)
+    return folders
+
+
+def test_a_study_of_seven_runs(tmp_path):
+    runs = write_study(tmp_path / "runs")
+    out = tmp_path / "out"
+    report = flips.main([*map(str, runs), "--out", str(out), "--resamples", "200"])
+    assert [r["label"] for r in report["runs"]] == [
+        "MPT_KL-b2-seed1", "MPT_KL-b2-seed2", "MPT_KL-b2-seed3", "MPT_KL-b4-seed1", "MPT_KL-b4-seed2",
+        "No_Treatment-seed1", "No_Treatment-seed2"]
+    groups = {g["label"]: g for g in report["groups"]}
+    assert list(groups) == ["MPT_KL-b2", "MPT_KL-b4", "No_Treatment"]
+    # NFR over the 9 old-class samples: b2 flips 1, 2, 3 samples; b4 1, 0; No_Treatment 4, 5
+    for label, counts in (("MPT_KL-b2", [1, 2, 3]), ("MPT_KL-b4", [1, 0]), ("No_Treatment", [4, 5])):
+        nfr = [100 * c / 9 for c in counts]
+        assert groups[label]["n"] == len(counts)
+        assert groups[label]["nfr_mean"] == pytest.approx(np.mean(nfr))
+        assert groups[label]["nfr_sd"] == pytest.approx(np.std(nfr, ddof=1))
+    assert groups["MPT_KL-b2"]["runs"] == ["MPT_KL-b2-seed1", "MPT_KL-b2-seed2", "MPT_KL-b2-seed3"]
+    # sample 0 flips in every b2 run; samples 0, 3 and 6 in both No_Treatment runs; none in both b4 runs
+    assert [groups[g]["flip_in_every_run"] for g in groups] == [1, 0, 3]
+    # class a (samples 0-2) of b2: 1/3, 2/3, 1/3 flipped
+    assert groups["MPT_KL-b2"]["per_class_nfr_mean"][0] == pytest.approx(100 * 4 / 9)
+    assert groups["MPT_KL-b2"]["per_class_nfr_sd"][0] == pytest.approx(np.std([100 / 3, 200 / 3, 100 / 3], ddof=1))
+    # into new classes (3, 4, 5): b2 seed 3 sends 2 of its 3 flips there
+    assert report["runs"][2]["flips_to_new_classes"] == pytest.approx(200 / 3)
+    # every pair of the 7 runs, each with its McNemar p adjusted by Holm over the 21
+    assert len(report["pairs"]) == 21
+    p = [x["mcnemar_p"] for x in report["pairs"]]
+    assert [x["p_holm"] for x in report["pairs"]] == pytest.approx(flips.holm(p))
+    # Welch between the groups of >= 2 runs: all three
+    assert [(c["a"], c["b"]) for c in report["group_comparisons"]] == [
+        ("MPT_KL-b2", "MPT_KL-b4"), ("MPT_KL-b2", "No_Treatment"), ("MPT_KL-b4", "No_Treatment")]
+    # flips.csv: the 9 old-class samples, each flip count by hand
+    with open(out / "flips.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["index"]) for r in rows] == list(range(9))
+    by_hand = [sum(s in flipped for flipped in STUDY.values()) for s in range(9)]
+    assert [int(r["flips"]) for r in rows] == by_hand == [6, 2, 1, 2, 1, 0, 3, 1, 0]
+    assert rows[0]["true_name"] == "a" and rows[0]["pred[MPT_KL-b2-seed3]"] == "4"
+    assert (out / "nfr_vs_b.png").stat().st_size > 0
+    assert (out / "flip_matrix_MPT_KL-b4-seed2.png").is_file()
+    md = (out / "flips.md").read_text()
+    assert md.index("| MPT_KL-b2 | 3 |") < md.index("| MPT_KL-b2-seed1 |")
+
+
+def test_baseline_pairs_only_with_it(tmp_path):
+    runs = write_study(tmp_path / "runs")
+    report = flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "100",
+                         "--baseline", "No_Treatment-seed1"])
+    assert [(p["a"], p["b"]) for p in report["pairs"]] == [
+        (label, "No_Treatment-seed1") for label in ("MPT_KL-b2-seed1", "MPT_KL-b2-seed2", "MPT_KL-b2-seed3",
+                                                    "MPT_KL-b4-seed1", "MPT_KL-b4-seed2", "No_Treatment-seed2")]
+    assert [x["p_holm"] for x in report["pairs"]] == pytest.approx(flips.holm([x["mcnemar_p"] for x in report["pairs"]]))
+    assert [(c["a"], c["b"]) for c in report["group_comparisons"]] == [
+        ("MPT_KL-b2", "No_Treatment"), ("MPT_KL-b4", "No_Treatment")]
+    # the folder works as well as the label
+    again = flips.main([*map(str, runs), "--out", str(tmp_path / "out2"), "--resamples", "100",
+                        "--baseline", str(runs[5])])
+    assert again["pairs"] == report["pairs"]
+
+
+def test_baseline_must_be_one_of_the_runs(tmp_path, capsys):
+    runs = write_study(tmp_path / "runs")
+    proc = call_flips(capsys, *runs[:2], "--out", tmp_path / "out", "--baseline", "PCT_KL-seed9")
+    assert proc.returncode == 2 and "PCT_KL-seed9" in proc.stderr and "MPT_KL-b2-seed1" in proc.stderr
+
+
+def test_flipped_samples_from_an_image_folder(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for i, (t, name) in enumerate(zip(STUDY_TARGETS, "abcdef" * 2)):
+        folder = root / "test" / "abcdef"[t]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (20 * i, 0, 0)).save(folder / f"{i:04d}.png")
+    runs = write_study(tmp_path / "runs")
+    flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "20", "--data-root", str(root)])
+    with open(tmp_path / "out" / "flips.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows[:4]] == ["test/a/0000.png", "test/a/0001.png", "test/a/0002.png",
+                                             "test/b/0003.png"]
+    assert (tmp_path / "out" / "flipped_samples.png").stat().st_size > 0
+
+
+def test_test_images_of_torchvision_cifar_pickles(tmp_path):
+    import pickle
+
+    from utils.image_files import TestImages
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": data, "labels": [3, 1]}, f)
+    images = TestImages("cifar10", tmp_path)
+    assert images.paths is None and images.targets.tolist() == [3, 1]
+    # CHW rows of the pickle, shown as HWC
+    np.testing.assert_array_equal(images.image(1), data[1].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def test_large_class_counts_get_top_confusions_and_compact_json(tmp_path):
+    rng = np.random.default_rng(0)
+    n, classes = 3000, 80
+    targets = rng.integers(0, classes, n)
+    old_pred = np.where(rng.random(n) < 0.7, targets, rng.integers(0, 40, n))
+    pred = np.where(rng.random(n) < 0.6, targets, rng.integers(0, classes, n))
+    run = write_run(tmp_path / "r", targets=targets, old_pred=old_pred, pred=pred, num_old=40,
+                    classes=[f"c{i}" for i in range(classes)], dataset="cifar100")
+    report = flips.main([str(run), "--out", str(tmp_path / "out"), "--resamples", "20"])
+    out = tmp_path / "out"
+    assert (out / "top_confusions.png").is_file() and not list(out.glob("flip_matrix_*"))
+    triples = report["runs"][0]["flip_to"]
+    assert sum(t[2] for t in triples) == flip_indicators(targets, old_pred, pred, 40).negative.sum()
+    text = (out / "flips.json").read_text()
+    assert len(text.splitlines()) < 100  # numbers on lines of their own would be thousands of lines
+    assert strict_json(out / "flips.json") == report
+
+
+@pytest.mark.slow
+def test_import_leaves_torch_unloaded():
+    proc = subprocess.run([sys.executable, "-c", "import sys, tools.flips, tools.flip_figures; "
+                           "print('torch' in sys.modules)"], cwd=REPO, env=script_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert_ok(proc)
+    assert proc.stdout.strip() == "False"

@@ -35,7 +35,9 @@ def test_evaluate_reproduces_main_py(tiny_data, old_ckpt, new_ckpt, tmp_path):
     assert scored["config"] == trained["config"]
     assert scored["evaluated"]["flags"]["device"] == "cpu" and "seed" not in scored["evaluated"]["flags"]
     a, b = np.load(run / "predictions.npz"), np.load(out / "predictions.npz")
-    assert set(a.files) == set(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert set(a.files) == set(b.files)
+    for k in a.files:  # NaN equal to NaN: the old model has no margin on new-class samples
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 @pytest.mark.slow

@@ -88,7 +88,8 @@ def main(argv=None) -> dict:
     config = {"old_ckpt": args.old_ckpt, **{k: getattr(args, k) for k in DATA_SETTINGS},
               **(ckpt.get("config") or {})}
     write_json(out_dir / "results.json", {
-        **results_record("update", scores.metrics, args.ckpt, data, ckpt.get("weights"), config, args.device),
+        **results_record("update", scores.metrics, args.ckpt, data, ckpt.get("weights"), config,
+                         device=args.device),
         "evaluated": {"role": ckpt.get("role"), "old_checkpoint": args.old_ckpt, "flags": given}})
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'predictions.npz'}")
     return scores.metrics

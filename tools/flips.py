@@ -58,7 +58,7 @@ import numpy as np
 from scipy.stats import binom, ttest_ind
 
 from tools import flip_figures
-from tools.run_labels import labels, method_defaults
+from tools.run_labels import labels, method_defaults, update_kind
 from utils.errors import UserError, exit_on_user_error, warn
 from utils.image_files import DATASETS, TestImages
 from utils.metrics import (bootstrap_rates, flip_indicators, flip_metrics, margins, margins_agreeing_with,
@@ -593,7 +593,10 @@ def main(argv=None):
     if not runs:
         raise UserError(f"none of {', '.join(args.runs)} is an update run; flips need an old and an updated model")
     methods = [r["config"].get("method", r["results"].get("method")) for r in runs]
-    for run, method, name in zip(runs, methods, labels(methods, [r["config"] for r in runs])):
+    # results.json's "setting" (the kind of update: old fraction, the old model's share of the
+    # images, architectures) names runs apart too where it differs
+    settings = [{**r["config"], **update_kind(r["results"])} for r in runs]
+    for run, method, name in zip(runs, methods, labels(methods, settings)):
         run["label"], run["group"], run["curve"] = name.label, name.group, name.curve
         run["b"] = run["config"].get("b") if "b" in method_defaults(method, run["config"].get("dataset")) else None
     baseline = find_baseline(runs, args.baseline) if args.baseline else None

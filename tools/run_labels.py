@@ -87,6 +87,17 @@ def method_defaults(method: str | None, dataset: str | None) -> dict:
     return {k: by_dataset.get(k, v) for k, v in declared.items()}
 
 
+def update_kind(results: dict) -> dict:
+    """The kind of update a run belongs to, from results.json: {"old_fraction": the share of
+    classes that are old (1.0: same classes), "old_data_fraction": the old model's share of the
+    training images (below 1: data growth)}. Runs older than results.json's "setting" were all
+    class-incremental, the old model trained on every image of its classes."""
+    setting = results.get("setting") or {}
+    config = results.get("config") or {}
+    return {"old_fraction": float(setting.get("old_fraction", config.get("old_fraction", 0.5))),
+            "old_data_fraction": float(setting.get("old_data_fraction", 1.0))}
+
+
 def _value(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 

@@ -528,3 +528,17 @@ def test_import_leaves_torch_unloaded():
                           capture_output=True, text=True, timeout=120)
     assert_ok(proc)
     assert proc.stdout.strip() == "False"
+
+
+def test_the_kind_of_update_names_runs_apart(tmp_path):
+    """Runs of a data-growth update and a class-incremental one (results.json's "setting") never
+    share a label or a group."""
+    runs = write_study(tmp_path / "runs")[5:]
+    results = json.loads((runs[1] / "results.json").read_text())
+    results["setting"] = {"old_fraction": 0.5, "old_data_fraction": 0.5}
+    results["config"]["seed"] = 1
+    (runs[1] / "results.json").write_text(json.dumps(results))
+    report = flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "20"])
+    assert [r["label"] for r in report["runs"]] == ["No_Treatment-old_data_fraction=1-seed1",
+                                                    "No_Treatment-old_data_fraction=0.5-seed1"]
+    assert len(report["groups"]) == 2

@@ -74,7 +74,7 @@ def plot_per_class(groups: list[dict], run: dict, colours: dict, out: Path):
             ax.bar(x, np.nan_to_num(mean), width, yerr=sd if g["n"] > 1 else None, color=colours[g["label"]],
                    label=label, error_kw={"lw": 0.8})
     if many:
-        ax.set_xlabel("old classes, each group's sorted by its NFR")
+        ax.set_xlabel("old classes, each group's sorted by its mean NFR (no sd: too many classes)")
     else:
         ax.set_xticks(range(num_old), _class_names(run, num_old), rotation=45 if num_old > 6 else 0,
                       ha="right" if num_old > 6 else "center", fontsize=8)

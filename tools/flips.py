@@ -144,10 +144,10 @@ def margin_summary(old_correct, margin, old_margin=None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Run folders
 # ---------------------------------------------------------------------------------------------
-def load_run(run: str) -> dict | None:
+def load_run(run: str, with_margins: bool = True) -> dict | None:
     """results.json and the predictions of a run folder (with its old-class samples' margins
-    where predictions.npz allows); None (with a warning) if it is not an update. Logits are read
-    only to compute margins, a chunk at a time, and not kept."""
+    where predictions.npz allows, unless not ``with_margins``); None (with a warning) if it is not
+    an update. Logits are read only to compute margins, a chunk at a time, and not kept."""
     folder = Path(run)
     results_file, npz_file = folder / "results.json", folder / "predictions.npz"
     if not results_file.is_file():
@@ -165,13 +165,13 @@ def load_run(run: str) -> dict | None:
                         "their test predictions")
     try:
         with np.load(npz_file, allow_pickle=False) as npz:
-            run_data = _read_predictions(npz, npz_file, results)
+            run_data = _read_predictions(npz, npz_file, results, with_margins)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise UserError(f"{npz_file} cannot be read ({err}); is the run finished?") from None
     return {"run": run, "results": results, "config": results.get("config") or {}, **run_data}
 
 
-def _read_predictions(npz, npz_file: Path, results: dict) -> dict:
+def _read_predictions(npz, npz_file: Path, results: dict, with_margins: bool) -> dict:
     missing = [k for k in ("targets", "old_pred", "pred") if k not in npz.files]
     if missing:
         raise UserError(f"{npz_file} lacks {', '.join(missing)}; it is not a predictions file of main.py")
@@ -186,10 +186,10 @@ def _read_predictions(npz, npz_file: Path, results: dict) -> dict:
     targets = arrays["targets"]
     old = targets < num_old
     margin = old_margin = None
-    if "margin" in npz.files:
+    if with_margins and "margin" in npz.files:
         margin = npz["margin"][old].astype(np.float32)
         old_margin = npz["old_margin"][old].astype(np.float32) if "old_margin" in npz.files else None
-    elif "logits" in npz.files:
+    elif with_margins and "logits" in npz.files:
         margin = margins_agreeing_with(arrays["pred"][old], targets[old], margins(npz["logits"][old], targets[old]))
         if "old_logits" in npz.files:
             old_margin = margins_agreeing_with(arrays["old_pred"][old], targets[old],

@@ -49,7 +49,7 @@ def run_nfr_interval(run: Run, resamples: int, confidence: float) -> tuple[float
     if run.role != "update" or not (run.path / "predictions.npz").is_file():
         return None
     try:
-        loaded = load_run(str(run.path))
+        loaded = load_run(str(run.path), with_margins=False)
     except UserError as err:
         warn(f"no NFR interval for {run.path}: {err}")
         return None

@@ -542,3 +542,21 @@ def test_the_kind_of_update_names_runs_apart(tmp_path):
     assert [r["label"] for r in report["runs"]] == ["No_Treatment-old_data_fraction=1-seed1",
                                                     "No_Treatment-old_data_fraction=0.5-seed1"]
     assert len(report["groups"]) == 2
+
+
+def test_stored_margins_come_before_the_logits(tmp_path):
+    """A predictions.npz with fp32 margins (main.py now writes them) is read for them, not for
+    its float16 logits; the old model's NaN margins on new-class samples are never read."""
+    n = len(TARGETS)
+    margin = np.where(np.array(PRED) == np.array(TARGETS), 3.0, -3.0).astype(np.float32)
+    old_margin = np.where(np.array(OLD_PRED) == np.array(TARGETS), 0.5, -0.5).astype(np.float32)
+    old_margin[np.array(TARGETS) >= 2] = np.nan
+    logits = np.zeros((n, 4), np.float16)  # all ties: margins 0 if they were read
+    run = write_run(tmp_path / "r", npz={"margin": margin, "old_margin": old_margin, "logits": logits})
+    report = flips.main([str(run), "--out", str(tmp_path / "out"), "--resamples", "20"])
+    assert report["runs"][0]["margin"] == {"old_model_median": 0.5, "median": 3.0,
+                                           "share_below_zero_of_old_correct": pytest.approx(40.0)}
+    with open(tmp_path / "out" / "flips.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["margin[MPT_KL-b4-seed0]"] for r in rows[:3]] == ["3", "-3", "-3"]
+    assert rows[0]["old_margin"] == "0.5"

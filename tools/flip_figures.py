@@ -6,6 +6,7 @@ compare runs share one scale; legends sit outside the data.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ TOP_CONFUSIONS = 10
 SAMPLES_SHOWN = 24
 
 
-def draw_all(report: dict, runs: list[dict], shared: list[int], table: dict, images, out: Path, file_label):
+def draw_all(report: dict, runs: list[dict], shared: list[int], table: dict, images, out: Path):
+    """Every figure the report calls for (see tools/flips.py) into the folder ``out``."""
     colours = group_colours(report["groups"])
     plot_per_class(report["groups"], runs[0], colours, out / "per_class_nfr.png")
     entries = report["runs"]
@@ -36,6 +38,11 @@ def draw_all(report: dict, runs: list[dict], shared: list[int], table: dict, ima
         plot_nfr_vs_b(curves, colours, out / "nfr_vs_b.png")
     if images is not None:
         plot_flipped_samples(runs, shared, table, images, out / "flipped_samples.png")
+
+
+def file_label(label: str) -> str:
+    """A run's label as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9._=-]", "_", label)
 
 
 def group_colours(groups: list[dict]) -> dict:

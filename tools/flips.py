@@ -49,7 +49,6 @@ import argparse
 import csv
 import json
 import math
-import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -468,7 +467,8 @@ def markdown(report: dict, runs: list[dict], confidence: float, resamples: int, 
         out += [f"| {c['a']} | {c['b']} | {_ci(c['nfr_diff'], c['nfr_diff_ci'])} | {_p_value(c['welch_p'])} | "
                 f"{_p_value(c['p_holm'])} |" for c in report["group_comparisons"]]
     else:
-        out.append("None: a comparison over seeds needs two groups of at least 2 runs each.")
+        out.append("None: a comparison over seeds needs two groups of at least 2 runs each (with "
+                   "--baseline, the baseline's group among them).")
     out += ["", f"### Runs ({level} percentile bootstrap intervals, {resamples} resamples)", "",
             "| Run | C_old | Old-class samples | NFR | Rel-NFR | ER(Y_old) | ER(Y_all) | PFR | Flips into new classes (%) |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -554,11 +554,6 @@ def test_images(run: dict, data_root: str) -> TestImages | None:
 
 
 # ---------------------------------------------------------------------------------------------
-def file_label(label: str) -> str:
-    """A label as part of a file name."""
-    return re.sub(r"[^A-Za-z0-9._=-]", "_", label)
-
-
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m tools.flips", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -623,7 +618,7 @@ def main(argv=None):
     (out / "flips.md").write_text(markdown(report, runs, args.confidence, args.resamples,
                                            [runs[i]["label"] for i in shared]))
     write_csv(out / "flips.csv", runs, shared, table, images)
-    flip_figures.draw_all(report, runs, shared, table, images, out, file_label)
+    flip_figures.draw_all(report, runs, shared, table, images, out)
     print(f"wrote flips.json, flips.md, flips.csv and the figures to {out}")
     return report
 

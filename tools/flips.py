@@ -249,13 +249,13 @@ def resampled(runs: list[dict], flips: list, resamples: int, seed: int) -> list[
     so that the difference of two runs' columns is a paired bootstrap; all the runs of one size
     are resampled in one pass."""
     out = [{} for _ in runs]
-    columns = {}  # (kind, number of samples): [(run index, name, indicator)]
+    columns = {}  # number of samples: [(run index, name, indicator)]
     for i, (run, f) in enumerate(zip(runs, flips)):
         a = run["arrays"]
         for name, indicator in (("negative", f.negative), ("old_correct", f.old_correct),
                                 ("new_correct", f.new_correct)):
-            columns.setdefault(("old", len(f.targets)), []).append((i, name, indicator))
-        columns.setdefault(("all", len(a["targets"])), []).append((i, "error", a["pred"] != a["targets"]))
+            columns.setdefault(len(f.targets), []).append((i, name, indicator))
+        columns.setdefault(len(a["targets"]), []).append((i, "error", a["pred"] != a["targets"]))
     for entries in columns.values():
         rates = bootstrap_rates(np.stack([c for _, _, c in entries], axis=1), resamples, seed)
         for j, (i, name, _) in enumerate(entries):

@@ -194,9 +194,14 @@ def test_command_on_hand_made_runs(tmp_path, capsys):
     expected = flip_metrics(TARGETS, OLD_PRED, PRED, 2)
     for key in ("nfr", "rel_nfr", "er_old", "er_all"):
         assert first[key] == pytest.approx(expected[key]), key
-    for key in ("nfr", "rel_nfr", "er_all"):
-        low, high = first[f"{key}_ci"]
-        assert low <= first[key] <= high, key
+    # the intervals are those of utils.metrics for the same seed: NFR and Rel-NFR over the
+    # old-class samples, ER(Y_all) over all of them
+    f = flip_indicators(TARGETS, OLD_PRED, PRED, 2)
+    expected_ci = flip_intervals(f, resamples=500, seed=0)
+    assert first["nfr_ci"] == pytest.approx(list(expected_ci["nfr"]))
+    assert first["rel_nfr_ci"] == pytest.approx(list(expected_ci["rel_nfr"]))
+    assert first["er_all_ci"] == pytest.approx(list(bootstrap_interval(rate, np.array(PRED) != np.array(TARGETS),
+                                                                         resamples=500, seed=0)))
     assert first["per_class"] == {"name": ["cat", "dog"], "n": [3, 4], "nfr": [pytest.approx(100 / 3), 25.0],
                                   "pfr": [0.0, 25.0]}
     assert first["flip_to"] == [[0, 1, 1], [1, 3, 1]]  # cat -> dog once, dog -> ship once

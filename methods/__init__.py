@@ -25,6 +25,7 @@ from methods.registry import (
     declared_defaults,
     get_method,
     hyperparameters,
+    method_class,
     method_names,
     option,
     register,
@@ -34,5 +35,5 @@ for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "Method", "Option", "all_hyperparameters", "declared_defaults", "get_method", "hyperparameters",
-           "method_names", "option", "register"]
+__all__ = ["METHODS", "Method", "Option", "all_hyperparameters", "declared_defaults", "get_method",
+           "hyperparameters", "method_class", "method_names", "option", "register"]

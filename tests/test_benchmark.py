@@ -1,6 +1,7 @@
-"""benchmarks/throughput.py runs end to end (tiny sizes) and reports what it measured: its
+"""The benchmarks run end to end (tiny sizes) and report what they measured: throughput.py's
 speedup is the ratio of the times it printed, its images/s the images over those times, the
-teachers the method's own, and the batched ensemble computes the loop's logits."""
+teachers the method's own, and the batched ensemble computes the loop's logits; flips_scale.py
+analyses its runs."""
 import re
 import subprocess
 import sys
@@ -55,3 +56,16 @@ def test_ensemble_speedup_is_the_ratio_of_its_steps_and_both_agree():
     assert low - 0.005 <= last_speedup(out) <= high + 0.005
     difference = float(re.search(r"max \|batched - loop\| = (\S+)", out).group(1))
     assert difference < 1e-4  # fp32: one computation, two schedules
+
+
+def test_flips_benchmark_analyses_its_runs(tmp_path):
+    """benchmarks/flips_scale.py at a tiny size: its runs are analysed against the baseline, and
+    it reports time and memory."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "flips_scale.py"), "--runs", "4",
+                           "--samples", "400", "--classes", "40", "--resamples", "50", "--dir", str(tmp_path)],
+                          cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"tools\.flips: 4 runs x 400 samples x 40 classes, --baseline, 50 resamples: "
+                     r"\d+\.\d s, peak RSS \d+\.\d\d GiB$", proc.stdout.strip())
+    report = (tmp_path / "flips" / "flips.json").read_text()
+    assert report.count('"p_holm"') == 3  # three runs against the baseline

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +20,10 @@ from torchvision import datasets
 
 from utils.device import prefers_channels_last
 from utils.errors import UserError
+from utils.image_files import CIFAR_FILES, DATASETS, cifar_batches, cifar_folder, class_images, read_pickle
 from utils.imagenet import load_imagenet
 from utils.inputs import NORMALIZATION, Dataset, ImageSet, Normalize, TensorInputs, TrainLoader, class_folders
 from utils.pil_pipeline import pil_train_loader
-
-# Number of classes of each data set; ImageNet's comes from its folders (tests use a few classes).
-DATASETS = {"cifar10": 10, "cifar100": 100, "imagenet": None}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 
 
 @dataclass
@@ -63,13 +59,15 @@ def input_spec(args) -> dict:
 
 
 def num_old_classes(num_classes: int, old_fraction: float) -> int:
-    """C_old: the first round(fraction * C) classes, in the data set's own order."""
-    if not 0 < old_fraction < 1:
-        raise UserError(f"--old-fraction must lie in (0, 1), got {old_fraction}")
+    """C_old: the first round(fraction * C) classes, in the data set's own order; fraction 1.0
+    is a same-class update (C_old = C: every class is old)."""
+    if not 0 < old_fraction <= 1:
+        raise UserError(f"--old-fraction must lie in (0, 1], got {old_fraction}")
     c_old = int(round(num_classes * old_fraction))
-    if not 1 <= c_old < num_classes:
+    if old_fraction < 1 and not 1 <= c_old < num_classes:
         raise UserError(f"--old-fraction {old_fraction} leaves {c_old} of {num_classes} classes "
-                        "as old classes; it must leave at least one old and one new class")
+                        "as old classes; it must leave at least one old and one new class "
+                        "(or be 1.0: an update on the same classes)")
     return c_old
 
 
@@ -107,7 +105,7 @@ def _read_split(folder: Path, classes: list) -> ImageSet:
     # PIL, not torchvision.io: torchvision 0.29 deprecates its decoders.
     images, targets = [], []
     for index, cls in enumerate(classes):
-        files = sorted(f for f in (folder / cls).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = class_images(folder / cls)
         if not files:
             raise UserError(f"no images in {folder / cls}; expected image files such as 0001.jpg")
         for f in files:
@@ -124,19 +122,11 @@ def _read_split(folder: Path, classes: list) -> ImageSet:
     return ImageSet(torch.stack(images), torch.tensor(targets, dtype=torch.int64))
 
 
-# torchvision's CIFAR layout: the extracted folder, its training and test files, the class names.
-CIFAR_FILES = {
-    "cifar10": ("cifar-10-batches-py", "data_batch_*", "test_batch", "batches.meta", "label_names", "labels"),
-    "cifar100": ("cifar-100-python", "train", "test", "meta", "fine_label_names", "fine_labels"),
-}
-
-
 def _load_torchvision_cifar(name: str, root: Path, download: bool) -> TensorDataset:
     """torchvision's pickled CIFAR files under ``root`` (or ``root`` itself being their folder),
     read directly: no checksum, so a subset or a re-pickled copy loads too. When absent, they are
     downloaded through torchvision."""
-    folder_name = CIFAR_FILES[name][0]
-    folder = root if root.name == folder_name else root / folder_name
+    folder = cifar_folder(name, root)
     if not folder.is_dir():
         _download_cifar(name, root, download)
     return _read_cifar_pickles(name, folder)
@@ -157,33 +147,19 @@ def _download_cifar(name: str, root: Path, download: bool):
 
 
 def _read_cifar_pickles(name: str, folder: Path) -> TensorDataset:
-    _, train_glob, test_file, meta_file, names_key, labels_key = CIFAR_FILES[name]
-
-    def load(path: Path) -> dict:
-        try:
-            with open(path, "rb") as f:
-                return pickle.load(f, encoding="latin1")
-        except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-            raise UserError(f"cannot read {path} ({err}); is it one of torchvision's {name} files?") from None
+    _, train_glob, test_file, meta_file, names_key, _ = CIFAR_FILES[name]
 
     def split(paths: list, expected: str) -> ImageSet:
         if not paths:
             raise UserError(f"{folder} has no {expected}; expected torchvision's {name} files")
-        images, targets = [], []
-        for path in paths:
-            batch = load(path)
-            try:
-                images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                targets += list(batch[labels_key])
-            except (KeyError, ValueError, TypeError) as err:
-                raise UserError(f"{path} is not a {name} batch ({err!r})") from None
-        return ImageSet(torch.from_numpy(np.concatenate(images)), torch.tensor(targets, dtype=torch.int64))
+        images, targets = cifar_batches(name, paths)
+        return ImageSet(torch.from_numpy(images), torch.tensor(targets, dtype=torch.int64))
 
     train_paths = sorted(folder.glob(train_glob))
     test_paths = [folder / test_file] if (folder / test_file).is_file() else []
     train, test = split(train_paths, train_glob), split(test_paths, test_file)
     meta = folder / meta_file
-    classes = list(load(meta)[names_key]) if meta.is_file() else [str(c) for c in range(DATASETS[name])]
+    classes = list(read_pickle(meta, name)[names_key]) if meta.is_file() else [str(c) for c in range(DATASETS[name])]
     return TensorDataset(name, classes, train, test)
 
 
@@ -201,6 +177,28 @@ def stratified_split(targets: torch.Tensor, fraction: float, seed: int):
 
 
 
+def old_data_subset(targets: torch.Tensor, index: torch.Tensor, fraction: float,
+                    split_seed: int) -> tuple[torch.Tensor, dict]:
+    """The old model's share of its training samples under ``--old-data-fraction F`` (a data-growth
+    update: the old model sees F of every old class's images, the new models all of them).
+    ``targets`` are the classes of the samples it could train on (old classes, after the
+    validation hold-out), ``index`` their indices into the whole training set. Returns the
+    positions chosen (F of each class, drawn with ``split_seed``) and the record that its
+    checkpoint and results.json keep: fraction, split seed and a hash of the chosen indices."""
+    if fraction == 1:
+        return torch.arange(len(targets)), {"old_data_fraction": 1.0}
+    kept, _ = stratified_split(targets, 1 - fraction, split_seed)
+    if len(kept) == 0:
+        raise UserError(f"--old-data-fraction {fraction} leaves no training image; choose a larger fraction")
+    return kept, {"old_data_fraction": fraction, "split_seed": split_seed,
+                  "subset_sha256": indices_digest(index[kept])}
+
+
+def indices_digest(indices: torch.Tensor) -> str:
+    """A short hash of a set of sample indices: two runs can tell whether they used the same samples."""
+    return hashlib.sha256(indices.sort().values.numpy().astype("<i8").tobytes()).hexdigest()[:16]
+
+
 def validation_split(targets: torch.Tensor, fraction: float, split_seed: int) -> tuple[torch.Tensor, dict]:
     """The training samples held out by ``--val-fraction F --split-seed S``: their indices into
     the whole training set, and the record every checkpoint keeps of the split it was trained
@@ -213,5 +211,4 @@ def validation_split(targets: torch.Tensor, fraction: float, split_seed: int) ->
     if len(keep) == 0 or len(held) == 0:
         raise UserError(f"--val-fraction {fraction} leaves {len(keep)} training and {len(held)} "
                         "validation samples; choose a fraction that leaves both")
-    digest = hashlib.sha256(held.numpy().astype("<i8").tobytes()).hexdigest()[:16]
-    return held, {"val_fraction": fraction, "split_seed": split_seed, "heldout_sha256": digest}
+    return held, {"val_fraction": fraction, "split_seed": split_seed, "heldout_sha256": indices_digest(held)}

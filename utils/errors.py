@@ -1,4 +1,4 @@
-"""User-facing errors: one line, exit code 2, no traceback."""
+"""User-facing errors: one line, exit code 2, no traceback; and warnings, one line each."""
 import os
 import sys
 from functools import wraps
@@ -21,3 +21,7 @@ def exit_on_user_error(main):
             print(f"{rank}error: {err}", file=sys.stderr)
             sys.exit(2)
     return wrapper
+
+
+def warn(message: str):
+    print(f"warning: {message}", file=sys.stderr)

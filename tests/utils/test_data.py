@@ -11,7 +11,7 @@ from torchvision import transforms
 from torchvision.io import write_png
 
 from conftest import write_cifar_pickles
-from utils.data import load_dataset, num_old_classes, stratified_split
+from utils.data import load_dataset, stratified_split
 from utils.errors import UserError
 from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, random_crop_flip
 from utils.pil_pipeline import pil_train_loader
@@ -282,15 +282,6 @@ def test_broken_torchvision_pickles_are_named(tmp_path):
     (folder / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="cannot read .*test_batch"):
         load_dataset("cifar10", tmp_path)
-
-
-def test_num_old_classes():
-    assert num_old_classes(100, 0.5) == 50
-    assert num_old_classes(10, 0.5) == 5
-    assert num_old_classes(10, 0.3) == 3
-    for fraction in (0.0, 1.0, 0.01, 0.99, -0.5):
-        with pytest.raises(UserError):
-            num_old_classes(10, fraction)
 
 
 def test_stratified_split_holds_out_a_fraction_of_every_class():

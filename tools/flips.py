@@ -60,8 +60,15 @@ from tools import flip_figures
 from tools.run_labels import labels, method_defaults, update_kind
 from utils.errors import UserError, exit_on_user_error, warn
 from utils.image_files import DATASETS, TestImages
-from utils.metrics import (bootstrap_rates, flip_indicators, flip_metrics, margins, margins_agreeing_with,
-                           nfr_and_rel_nfr, percentile_interval)
+from utils.metrics import (
+    bootstrap_rates,
+    flip_indicators,
+    flip_metrics,
+    margins,
+    margins_agreeing_with,
+    nfr_and_rel_nfr,
+    percentile_interval,
+)
 
 REPORTED = ("nfr", "rel_nfr", "er_old", "er_all")
 TOP_FLIPS = 5

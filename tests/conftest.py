@@ -183,8 +183,8 @@ def error_of(ckpt, role: str, num_classes: int, images_u8: torch.Tensor, targets
 
 def assert_figure(path, min_width: int = 300, min_height: int = 200):
     """A PNG figure that shows data: at least ``min_width`` x ``min_height`` pixels, and more
-    than a blank canvas with axes (some pixels in colour, as matplotlib draws data; axes, ticks
-    and text are black or grey)."""
+    than a blank canvas with axes (hundreds of pixels in colour, as matplotlib draws data, even a
+    sparse scatter; axes, ticks and text are black or grey)."""
     import numpy as np
     from PIL import Image
 
@@ -193,7 +193,7 @@ def assert_figure(path, min_width: int = 300, min_height: int = 200):
         assert image.width >= min_width and image.height >= min_height, (path, image.size)
         rgb = np.asarray(image.convert("RGB")).astype(int)
     saturation = rgb.max(axis=2) - rgb.min(axis=2)
-    assert (saturation > 60).mean() > 0.0005, f"{path}: no data drawn in colour"
+    assert (saturation > 60).sum() >= 400, f"{path}: no data drawn in colour"
 
 
 def assert_ok(proc: subprocess.CompletedProcess):

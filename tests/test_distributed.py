@@ -64,7 +64,11 @@ def test_imagenet_folder_under_torchrun(tiny_imagenet, tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["log.jsonl", "results.json", "state.pth"]
     assert (tmp_path / "old.pth").is_file()
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert 0 <= results["er_old"] <= 100
+    # Each of the old model's val images scored once over the two ranks: 2 old classes x 2 images,
+    # so a multiple of 25 %, the one the last epoch logged.
+    assert results["er_old"] / 25 == round(results["er_old"] / 25)
+    last = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert last["metrics"]["er_old"] == results["er_old"]
 
 
 def test_user_error_stops_every_rank_with_exit_code_2(tiny_data, tmp_path):

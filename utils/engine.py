@@ -126,8 +126,8 @@ def progress(iterable, **kwargs):
 def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch: int, *,
                     precision: str = "fp32", log_every: int = 50) -> dict:
     """One pass over ``loader`` with the loss ``loss_fn`` (a method, methods.Method); returns the
-    mean loss, the training error and the mean of each loss term. Everything is summed on the device and read every ``log_every`` steps, so a step
-    never waits for the host. The first non-finite step keeps its terms and the teachers'
+    mean loss, the training error and the mean of each loss term. Everything is summed on the
+    device and read every ``log_every`` steps, so a step never waits for the host. The first non-finite step keeps its terms and the teachers'
     largest |logit| on the device, for the error's advice."""
     model.train()
     device = next(model.parameters()).device

@@ -7,7 +7,21 @@ from conftest import assert_figure
 from tools import plots
 
 
-def test_b_sweep_figure(tmp_path, fake_run):
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The matplotlib figures tools.plots saves, kept for their content (what is drawn)."""
+    figures = []
+    real_save = plots._save
+
+    def save(fig, out):
+        figures.append(fig)
+        real_save(fig, out)
+
+    monkeypatch.setattr(plots, "_save", save)
+    return figures
+
+
+def test_b_sweep_figure(tmp_path, fake_run, saved_figures):
     for method in ("MPT_KL", "MPT_LM"):
         for b in (0.0, 1.0, 4.0):
             for seed in (1, 2):
@@ -15,6 +29,13 @@ def test_b_sweep_figure(tmp_path, fake_run):
                          er_all=30 + b + seed, nfr=5 - b + seed / 10)
     plots.main(["b-sweep", str(tmp_path / "sweep"), "--out", str(tmp_path / "fig4.png")])
     assert_figure(tmp_path / "fig4.png")
+    (fig,) = saved_figures
+    er_ax, nfr_ax = fig.axes
+    # The bars: each method's mean ER(Y_all) over its two seeds at b = 0, 1, 4; the lines its NFR.
+    heights = [p.get_height() for p in er_ax.patches]
+    assert heights == pytest.approx([31.5 + b for b in (0.0, 1.0, 4.0)] * 2)
+    curves = [line.get_ydata() for line in nfr_ax.get_lines() if line.get_marker() == "o"]
+    assert [list(c) for c in curves] == [pytest.approx([5.15 - b for b in (0.0, 1.0, 4.0)])] * 2
 
 
 def test_b_sweep_needs_runs_that_use_b(tmp_path, fake_run, capsys):
@@ -34,10 +55,16 @@ def test_missing_matplotlib_is_one_line_and_exit_2(tmp_path, fake_run, monkeypat
                                                "pip install matplotlib")
 
 
-def test_embeddings_figure(tiny_sweep, tmp_path, capsys):
+def test_embeddings_figure(tiny_sweep, tmp_path, capsys, saved_figures):
     runs = [tiny_sweep / "MPT_KL" / b / "seed42" for b in ("b0", "b2")]
     plots.main(["embeddings", *map(str, runs), "--out", str(tmp_path / "fig3.png"), "--max-points", "30"])
     assert_figure(tmp_path / "fig3.png")
+    (fig,) = saved_figures
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 2  # one per run, each the same 30 of the 40 test images, in 10 class colours
+    for ax in panels:
+        assert sum(len(c.get_offsets()) for c in ax.collections) == 30
+        assert len(ax.collections) == 10
 
 
 def test_embeddings_need_a_2d_model(old_ckpt, capsys):

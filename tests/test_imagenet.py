@@ -49,6 +49,27 @@ def test_folder_loaders_shard_the_splits_and_keep_the_old_classes(tiny_imagenet)
     assert torch.equal(shards[0].targets["test"], old.test.targets)
 
 
+def test_each_process_gets_its_share_of_the_one_process_batches_with_the_same_crops(tiny_imagenet):
+    """24 images in batches of 9 over 3 processes (the last 6 shared 2 each): each process gets
+    rows r, r + 3, ... of every global batch, each image cropped and flipped as in one process
+    (from its own seed, not from a random stream of its process or loader worker)."""
+    data = load_dataset("imagenet", tiny_imagenet)
+    args = argparse.Namespace(image_size=32, batch_size=9, seed=0, workers=0, eval_batch_size=8)
+
+    def epoch(rank, world):
+        loader = data.inputs(args, torch.device("cpu"), rank, world).train_loader
+        loader.set_epoch(1)
+        return list(loader)
+
+    single = epoch(0, 1)
+    assert [len(y) for _, y in single] == [9, 9, 6]
+    shards = [epoch(rank, 3) for rank in range(3)]
+    for rank, shard in enumerate(shards):
+        assert len(shard) == 3
+        for (x, y), (xs, ys) in zip(single, shard):
+            assert torch.equal(ys, y[rank::3]) and torch.equal(xs, x[rank::3])
+
+
 def test_three_scripts_on_an_imagenet_folder(tiny_imagenet, tmp_path):
     common = ["--dataset", "imagenet", "--data-root", tiny_imagenet, "--epochs", 1, "--batch-size", 4,
               "--image-size", 32, "--workers", 0, "--device", "cpu"]

@@ -145,8 +145,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch
     """One pass over ``loader``; returns the mean loss, the training error and the mean of each
     loss term. Each process's loss is weighted by its share of the step's global batch
     (``loader.plan.loss_weight``), so that DDP's average of the processes' gradients is the
-    gradient of the global batch's mean loss. Everything is summed on the device and read every ``log_every`` steps, so a step
-    never waits for the host. The first non-finite step keeps its terms and the teachers'
+    gradient of the global batch's mean loss. Everything is summed on the device and read every
+    ``log_every`` steps, so a step never waits for the host. The first non-finite step keeps its terms and the teachers'
     largest |logit| on the device, for the error's advice."""
     model.train()
     device = next(model.parameters()).device

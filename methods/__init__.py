@@ -18,11 +18,11 @@ import importlib
 import pkgutil
 
 from methods.registry import (METHODS, Method, Option, declared_defaults, get_method, hyperparameters,
-                              method_names, option, register)
+                              method_class, method_names, option, register)
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["METHODS", "Method", "Option", "declared_defaults", "get_method", "hyperparameters",
-           "method_names", "option", "register"]
+           "method_class", "method_names", "option", "register"]

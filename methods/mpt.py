@@ -36,6 +36,7 @@ class _MPT(Method):
 @register("MPT_KL")
 class MPTKL(_MPT):
     """CE_b + FD-KL(z_old, old) + FD-KL(z, new)."""
+    same_classes_equivalent = "MPT_KL_nobias"
 
     def __init__(self, b=4.0, alpha=1.0, beta=5.0, tau=5.0, num_old=None):
         super().__init__(num_old)
@@ -48,6 +49,7 @@ class MPTKL(_MPT):
 @register("MPT_LM")
 class MPTLM(_MPT):
     """CE_b + lm_weight (FD-LM(z_old, old) + FD-LM(z, new))."""
+    same_classes_equivalent = "MPT_LM_nobias"
     term_weights = ("lm_weight",)
 
     def __init__(self, b=4.0, alpha=1.0, beta=5.0, lm_weight=0.4, num_old=None):
@@ -62,6 +64,7 @@ class MPTLM(_MPT):
 class MPTNoDistillation(_MPT):
     """CE_b alone."""
     references = frozenset()
+    same_classes_equivalent = "No_Treatment"
 
     def __init__(self, b=4.0, num_old=None):
         super().__init__(num_old)
@@ -71,6 +74,7 @@ class MPTNoDistillation(_MPT):
 @register("MPT_KL_nobias")
 class MPTKLNoBias(MPTKL):
     """MPT_KL with plain CE in place of CE_b."""
+    same_classes_equivalent = None
 
     def __init__(self, alpha=1.0, beta=5.0, tau=5.0, num_old=None):
         super().__init__(None, alpha, beta, tau, num_old)
@@ -79,6 +83,7 @@ class MPTKLNoBias(MPTKL):
 @register("MPT_LM_nobias")
 class MPTLMNoBias(MPTLM):
     """MPT_LM with plain CE in place of CE_b."""
+    same_classes_equivalent = None
 
     def __init__(self, alpha=1.0, beta=5.0, lm_weight=0.4, num_old=None):
         super().__init__(None, alpha, beta, lm_weight, num_old)

@@ -50,7 +50,9 @@ class Method:
       hyperparameters (entries for keywords it does not take are ignored, so one dict can serve
       a family of methods; a keyword without an entry gets ``Option()``: finite numbers);
     * ``term_weights``: the keywords that weigh terms able to outgrow the cross-entropy (a run
-      whose loss diverges is told to lower them).
+      whose loss diverges is told to lower them);
+    * ``same_classes_equivalent``: for a method that differs from another only on the new
+      classes, that method's name: with no new class (--old-fraction 1.0) it is refused, naming it.
 
     ``num_old`` is C_old, the old model's head size; the first C_old columns of the updated
     model's logits are the old classes (the data set's own class order).
@@ -59,6 +61,7 @@ class Method:
     references: frozenset = frozenset()
     options: dict = {}
     term_weights: tuple = ()
+    same_classes_equivalent: str | None = None
 
     def __init__(self, num_old: int | None = None):
         self.num_old = num_old

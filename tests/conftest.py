@@ -238,13 +238,13 @@ def gentle_refs(tiny_data, tmp_path_factory):
 @pytest.fixture
 def fake_run():
     """Write a results.json like that of a finished run, without training: ``fake_run(folder,
-    role="update", method=..., b=..., seed=..., old_ckpt=..., val={...}, nfr=..., ...)``;
+    role="update", method=..., b=..., seed=..., old_ckpt=..., val={...}, setting={...}, nfr=..., ...)``;
     keyword arguments the function does not name become the test metrics."""
     import json
 
     def make(folder, role="update", method="MPT_KL", b=4.0, seed=42, dataset="cifar10",
              arch="resnet18", old_ckpt="checkpoint/ckpt_old.pth", checkpoint=None, val=None,
-             config=None, **metrics):
+             config=None, setting=None, **metrics):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         cfg = {"dataset": dataset, "arch": arch, "seed": seed, "epochs": 1, "lr": 0.1,
@@ -256,6 +256,8 @@ def fake_run():
                    "config": cfg}
         if val is not None:
             results["val"] = val
+        if setting is not None:
+            results["setting"] = setting
         (folder / "results.json").write_text(json.dumps(results))
         return folder
     return make

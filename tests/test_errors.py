@@ -202,10 +202,10 @@ def test_pretrained_weights_missing_but_random_weights_allowed(tiny_data, tmp_pa
     (["--epochs", "0"], ["--epochs must be positive", "0"]),
     (["--epochs", "-3"], ["--epochs must be positive"]),
     (["--batch-size", "0"], ["--batch-size must be positive"]),
-    (["--old-fraction", "0"], ["--old-fraction must lie in (0, 1)"]),
-    (["--old-fraction", "1"], ["--old-fraction must lie in (0, 1)"]),
-    (["--old-fraction", "1.5"], ["--old-fraction must lie in (0, 1)"]),
-    (["--old-fraction", "nan"], ["--old-fraction must lie in (0, 1)"]),
+    (["--old-fraction", "0"], ["--old-fraction must lie in (0, 1]"]),
+    (["--old-fraction", "1"], ["MPT_KL acts on the new classes only", "--method MPT_KL_nobias"]),
+    (["--old-fraction", "1.5"], ["--old-fraction must lie in (0, 1]"]),
+    (["--old-fraction", "nan"], ["--old-fraction must lie in (0, 1]"]),
     (["--old-fraction", "0.01"], ["--old-fraction 0.01 leaves 0 of 10 classes"]),
 ])
 def test_bad_names_and_hyperparameters(call_script, existing, update_args, flags, words):

@@ -1,6 +1,9 @@
 """Finished runs read back from their results.json files and grouped into the paper's tables.
 
-A table is one (data set, old architecture -> new architecture) experiment; its rows are the
+A table is one experiment: data set, old architecture -> new architecture, and the kind of update
+(the share of classes that are old, 1.0 for a same-class update; the old model's share of the
+training images, below 1.0 for data growth), so that runs of different kinds never share a row;
+its rows are the
 reference models and the methods, one row per method and, for the methods that use the margin
 bias b, one row per value of b. Runs whose method hyperparameters (--lm-weight, --tau, ...) or
 --data-pipeline differ from their defaults (the method's declared ones, see methods/registry.py,
@@ -86,9 +89,14 @@ class TableKey(NamedTuple):
     dataset: str
     old_arch: str
     new_arch: str
+    old_fraction: float = 0.5       # --old-fraction: 1.0 for a same-class update
+    old_data_fraction: float = 1.0  # the old model's --old-data-fraction: below 1 for data growth
 
     def title(self) -> str:
-        return f"{self.dataset}: {self.old_arch} -> {self.new_arch}"
+        kind = ("same classes" if self.old_fraction == 1 else
+                "" if self.old_fraction == 0.5 else f"old classes {self.old_fraction:.0%}")
+        data = f"old model on {self.old_data_fraction:.0%} of the images" if self.old_data_fraction < 1 else ""
+        return ", ".join(p for p in (f"{self.dataset}: {self.old_arch} -> {self.new_arch}", kind, data) if p)
 
 
 @dataclass
@@ -98,6 +106,8 @@ class Run:
     dataset: str
     arch: str               # the architecture of this run's model
     old_arch: str           # the old model's architecture (UNKNOWN when it cannot be found)
+    old_fraction: float     # --old-fraction
+    old_data_fraction: float | None  # the old model's share of the images (None: a new model, any)
     method: str             # the method, or "Old model" / "New model"
     b: float | None         # only for the methods that use b
     settings: tuple         # non-default hyperparameters, see settings()
@@ -196,7 +206,13 @@ def _make_run(path: Path, r: dict, old_archs: dict) -> Run:
         method = REFERENCES[role]
     b = float(cfg["b"]) if uses_b(method) and cfg.get("b") is not None else None
     extra = settings(method, cfg) if role == "update" else ()
-    return Run(path, role, cfg["dataset"], cfg["arch"], old_arch, method, b, extra, cfg.get("seed"), r)
+    # Runs older than results.json's "setting" were all class-incremental with the old model on
+    # every image of its classes.
+    setting = r.get("setting") or {}
+    old_fraction = float(setting.get("old_fraction", cfg.get("old_fraction", 0.5)))
+    old_data_fraction = None if role == "new" else float(setting.get("old_data_fraction", 1.0))
+    return Run(path, role, cfg["dataset"], cfg["arch"], old_arch, old_fraction, old_data_fraction, method, b,
+               extra, cfg.get("seed"), r)
 
 
 def _resolve(path: str) -> str:
@@ -215,20 +231,23 @@ def _checkpoint_arch(path: str) -> str:
 def group(runs: list[Run]) -> dict[TableKey, list[Row]]:
     """The tables, each with its rows in the paper's order (then by b)."""
     updates = [r for r in runs if r.role == "update"]
-    keys = {TableKey(r.dataset, r.old_arch, r.arch) for r in updates}
-    # Reference models of a data set without updates still get a table.
-    for dataset in {r.dataset for r in runs} - {r.dataset for r in updates}:
-        olds = {r.arch for r in runs if r.dataset == dataset and r.role == "old"} or {UNKNOWN}
-        news = {r.arch for r in runs if r.dataset == dataset and r.role == "new"} or {UNKNOWN}
-        keys |= {TableKey(dataset, o, n) for o in olds for n in news}
+    keys = {TableKey(r.dataset, r.old_arch, r.arch, r.old_fraction, r.old_data_fraction) for r in updates}
+    # Reference models of an experiment without updates still get a table.
+    for experiment in {(r.dataset, r.old_fraction) for r in runs} - {(r.dataset, r.old_fraction) for r in updates}:
+        olds = {(r.arch, r.old_data_fraction) for r in runs
+                if (r.dataset, r.old_fraction) == experiment and r.role == "old"} or {(UNKNOWN, 1.0)}
+        news = {r.arch for r in runs if (r.dataset, r.old_fraction) == experiment and r.role == "new"} or {UNKNOWN}
+        keys |= {TableKey(experiment[0], o, n, experiment[1], data) for o, data in olds for n in news}
 
     def belongs(run: Run, key: TableKey) -> bool:
-        if run.dataset != key.dataset:
+        if (run.dataset, run.old_fraction) != (key.dataset, key.old_fraction):
+            return False
+        if run.role == "new":  # a new model trains on everything, whatever the old model saw
+            return run.arch == key.new_arch
+        if run.old_data_fraction != key.old_data_fraction:
             return False
         if run.role == "old":
             return run.arch == key.old_arch
-        if run.role == "new":
-            return run.arch == key.new_arch
         return (run.old_arch, run.arch) == (key.old_arch, key.new_arch)
 
     tables = {}

@@ -125,7 +125,7 @@ def csv_text(tables: dict, split: str = "test", intervals: dict | None = None) -
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["dataset", "old_arch", "new_arch", "split", "row", "method", "b", "runs",
+    writer.writerow([*TableKey._fields, "split", "row", "method", "b", "runs",
                      *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
                      *(["nfr_ci_low", "nfr_ci_high", "nfr_ci_runs"] if intervals is not None else [])])
     for key, rows in tables.items():

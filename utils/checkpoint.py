@@ -45,14 +45,16 @@ def atomic_save(obj, path: str | os.PathLike):
 
 def model_checkpoint(model, *, arch, num_classes, embed_dim, dataset, num_old, role, epoch,
                      metrics, config, inputs: dict | None = None, split: dict | None = None,
-                     weights: str | None = None) -> dict:
+                     weights: str | None = None, old_data: dict | None = None) -> dict:
     """``inputs``: ``utils.data.input_spec`` of the run (image size and normalisation);
     ``split``: the validation split the model was trained without (``utils.data.validation_split``;
-    None: trained on the whole training set); ``weights``: the pretrained weights it started from."""
+    None: trained on the whole training set); ``weights``: the pretrained weights it started from;
+    ``old_data``: an old model's share of the training images (``utils.data.old_data_subset``)."""
     return {"format": FORMAT, "model": unwrap(model).state_dict(), "arch": arch,
             "num_classes": num_classes, "embed_dim": embed_dim, "inputs": inputs, "dataset": dataset,
             "num_old_classes": num_old, "role": role, "epoch": epoch, "metrics": metrics,
-            "config": config, "split": split, "weights": weights}
+            "config": config, "split": split, "weights": weights,
+            "old_data": old_data}
 
 
 def unwrap(model):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from methods import declared_defaults, get_method, method_names, option
+from methods import declared_defaults, get_method, method_class, method_names, option
 from models import ARCHS
 from models.zoo import VIT_PATCH
 from utils.data import DATASETS
@@ -153,6 +153,10 @@ def method_from_args(args):
             raise UserError(f"{method_flag(param)} {problem}, got {value}")
         values[param] = value
         setattr(args, param, value)
+    equivalent = method_class(args.method).same_classes_equivalent
+    if args.old_fraction == 1 and equivalent:
+        raise UserError(f"{args.method} acts on the new classes only, and with --old-fraction 1.0 every class "
+                        f"is old: it would train exactly as {equivalent}; use --method {equivalent}")
     return get_method(args.method, **values)
 
 
@@ -282,6 +286,11 @@ def validate(args):
                                                   and not args.pretrained),
              "--data-pipeline pil is the official 32-pixel CIFAR pipeline: it takes no --image-size or "
              "--pretrained, and imagenet always reads its folders through DataLoaders")
+    _require(math.isfinite(args.old_fraction) and 0 < args.old_fraction <= 1,
+             f"--old-fraction must lie in (0, 1], got {args.old_fraction}")
+    if hasattr(args, "old_data_fraction"):  # train_old_model.py's flag
+        _require(math.isfinite(args.old_data_fraction) and 0 < args.old_data_fraction <= 1,
+                 f"--old-data-fraction must lie in (0, 1], got {args.old_data_fraction}")
     _require(args.log_every > 0, f"--log-every must be positive, got {args.log_every}")
     _require(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
     if args.device == "cuda" and not torch.cuda.is_available():

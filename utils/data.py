@@ -65,13 +65,15 @@ def input_spec(args) -> dict:
 
 
 def num_old_classes(num_classes: int, old_fraction: float) -> int:
-    """C_old: the first round(fraction * C) classes, in the data set's own order."""
-    if not 0 < old_fraction < 1:
-        raise UserError(f"--old-fraction must lie in (0, 1), got {old_fraction}")
+    """C_old: the first round(fraction * C) classes, in the data set's own order; fraction 1.0
+    is a same-class update (C_old = C: every class is old)."""
+    if not 0 < old_fraction <= 1:
+        raise UserError(f"--old-fraction must lie in (0, 1], got {old_fraction}")
     c_old = int(round(num_classes * old_fraction))
-    if not 1 <= c_old < num_classes:
+    if old_fraction < 1 and not 1 <= c_old < num_classes:
         raise UserError(f"--old-fraction {old_fraction} leaves {c_old} of {num_classes} classes "
-                        "as old classes; it must leave at least one old and one new class")
+                        "as old classes; it must leave at least one old and one new class "
+                        "(or be 1.0: an update on the same classes)")
     return c_old
 
 
@@ -203,6 +205,28 @@ def stratified_split(targets: torch.Tensor, fraction: float, seed: int):
 
 
 
+def old_data_subset(targets: torch.Tensor, index: torch.Tensor, fraction: float,
+                    split_seed: int) -> tuple[torch.Tensor, dict]:
+    """The old model's share of its training samples under ``--old-data-fraction F`` (a data-growth
+    update: the old model sees F of every old class's images, the new models all of them).
+    ``targets`` are the classes of the samples it could train on (old classes, after the
+    validation hold-out), ``index`` their indices into the whole training set. Returns the
+    positions chosen (F of each class, drawn with ``split_seed``) and the record that its
+    checkpoint and results.json keep: fraction, split seed and a hash of the chosen indices."""
+    if fraction == 1:
+        return torch.arange(len(targets)), {"old_data_fraction": 1.0}
+    kept, _ = stratified_split(targets, 1 - fraction, split_seed)
+    if len(kept) == 0:
+        raise UserError(f"--old-data-fraction {fraction} leaves no training image; choose a larger fraction")
+    return kept, {"old_data_fraction": fraction, "split_seed": split_seed,
+                  "subset_sha256": indices_digest(index[kept])}
+
+
+def indices_digest(indices: torch.Tensor) -> str:
+    """A short hash of a set of sample indices: two runs can tell whether they used the same samples."""
+    return hashlib.sha256(indices.sort().values.numpy().astype("<i8").tobytes()).hexdigest()[:16]
+
+
 def validation_split(targets: torch.Tensor, fraction: float, split_seed: int) -> tuple[torch.Tensor, dict]:
     """The training samples held out by ``--val-fraction F --split-seed S``: their indices into
     the whole training set, and the record every checkpoint keeps of the split it was trained
@@ -215,5 +239,4 @@ def validation_split(targets: torch.Tensor, fraction: float, split_seed: int) ->
     if len(keep) == 0 or len(held) == 0:
         raise UserError(f"--val-fraction {fraction} leaves {len(keep)} training and {len(held)} "
                         "validation samples; choose a fraction that leaves both")
-    digest = hashlib.sha256(held.numpy().astype("<i8").tobytes()).hexdigest()[:16]
-    return held, {"val_fraction": fraction, "split_seed": split_seed, "heldout_sha256": digest}
+    return held, {"val_fraction": fraction, "split_seed": split_seed, "heldout_sha256": indices_digest(held)}

@@ -96,6 +96,10 @@ class Dataset:
         return replace(self, classes=self.classes[:num_classes],
                        **{k: v.classes_below(num_classes) for k, v in self.splits.items()})
 
+    def train_subset(self, index: torch.Tensor) -> "Dataset":
+        """The data set with only the training samples at ``index``."""
+        return replace(self, train=self.train.subset(index))
+
     def holdout(self, held: torch.Tensor) -> "Dataset":
         """The training samples at indices ``held`` become the val split (see ``utils.data.validation_split``)."""
         keep = torch.ones(len(self.train), dtype=torch.bool)

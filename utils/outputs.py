@@ -78,10 +78,17 @@ def write_predictions(path: Path, targets, scores, num_old: int, save_logits: bo
     os.replace(tmp, path)
 
 
-def results_record(role: str, metrics: dict, checkpoint, data, weights: str | None, config: dict) -> dict:
+def results_record(role: str, metrics: dict, checkpoint, data, weights: str | None, config: dict,
+                   setting: dict | None = None) -> dict:
     """The content of results.json: the metrics (validation ones under "val"), the model's
-    checkpoint, the class split (``data``: utils.runner.RunData), the validation split, the
-    pretrained weights the model started from, the settings and the software and hardware."""
-    return {"role": role, **metrics, "checkpoint": str(checkpoint), "num_old": data.num_old,
-            "num_classes": data.num_classes, "classes": data.classes, "split": data.split,
-            "weights": weights, "config": config, "environment": environment(config["device"])}
+    checkpoint, the class split (``data``: utils.runner.RunData), the number of training images,
+    the validation split and an old model's share of the images, the kind of experiment
+    (``setting``: utils.runner.run_setting), the pretrained weights the model started from, the
+    settings and the software and hardware."""
+    record = {"role": role, **metrics, "checkpoint": str(checkpoint), "num_old": data.num_old,
+              "num_classes": data.num_classes, "classes": data.classes, "train_size": len(data.dataset.train),
+              "split": data.split}
+    if data.old_data is not None:
+        record["old_data"] = data.old_data
+    return {**record, "setting": setting, "weights": weights, "config": config,
+            "environment": environment(config["device"])}

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from models import build_model as build_architecture
 from utils import distributed as dist
 from utils.checkpoint import atomic_save, load_model, model_checkpoint
-from utils.data import Dataset, input_spec, load_dataset, num_old_classes, validation_split
+from utils.data import (Dataset, input_spec, load_dataset, num_old_classes, old_data_subset,
+                        validation_split)
 from utils.device import fast_teachers, prefers_channels_last, setup_device
 from utils.engine import (NonFiniteLoss, Teachers, build_teachers, min_share, prepare_teacher, progress,
                           train_one_epoch)
@@ -60,6 +61,7 @@ class RunData:
     classes: list        # the names of all C classes
     head_size: int       # the trained model's number of outputs: C_old for the old model, else C
     split: dict          # the validation split the model is trained without (validation_split)
+    old_data: dict | None = None  # the old model's share of the training images (old_data_subset)
 
 
 @dataclass
@@ -68,6 +70,7 @@ class References:
     as run during training."""
     old_model: nn.Module
     teachers: Teachers
+    old_setting: dict    # what the old model was: its architecture and share of the training images
 
 
 def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
@@ -97,7 +100,8 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
         scores = fit(args, role, model, net, inputs, loss_fn, refs.teachers if refs else Teachers(),
                      scorer, out_dir, device, world, state)
         if dist.is_main():
-            write_outputs(args, role, out_dir, model, data, inputs.targets["test"], scores, mitigation)
+            write_outputs(args, role, out_dir, model, data, inputs.targets["test"], scores, mitigation,
+                          run_setting(args, role, data, refs))
         dist.barrier()
         return scores.metrics
     finally:
@@ -107,17 +111,24 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
 def load_data(args, role: str) -> RunData:
     """The data set, less the --val-fraction hold-out (chosen on the whole training set, so that
     every model of an experiment holds out the same images); the old model sees only the old
-    classes."""
+    classes and, with --old-data-fraction, only that share of their remaining training images."""
     with dist.main_first():  # rank 0 downloads CIFAR when it is absent; the others wait, then read its copy
         data = load_dataset(args.dataset, args.data_root, download=dist.is_main())
     classes, num_classes = list(data.classes), data.num_classes
     num_old = num_old_classes(num_classes, args.old_fraction)
     held, split = validation_split(data.train.targets, args.val_fraction, args.split_seed)
+    index = torch.arange(len(data.train))  # the training samples' indices into the whole set
     if len(held):
+        index = index[~torch.isin(index, held)]
         data = data.holdout(held)
-    if role == "old":
-        data = data.classes_below(num_old)
-    return RunData(data, num_classes, num_old, classes, num_old if role == "old" else num_classes, split)
+    if role != "old":
+        return RunData(data, num_classes, num_old, classes, num_classes, split)
+    index = index[data.train.targets < num_old]
+    data = data.classes_below(num_old)
+    chosen, old_data = old_data_subset(data.train.targets, index, args.old_data_fraction, args.split_seed)
+    if len(chosen) < len(data.train):
+        data = data.train_subset(chosen)
+    return RunData(data, num_classes, num_old, classes, num_old, split, old_data)
 
 
 def build_model(args, head_size: int, device: torch.device, world: int) -> nn.Module:
@@ -163,17 +174,22 @@ def load_references(args, mitigation: Mitigation, data: RunData, model: nn.Modul
                     device: torch.device) -> References:
     """The old model (scored as it is) and the teachers the method uses, prepared for training
     (utils.device.fast_teachers). With --freeze-backbone they run as heads on the cached features."""
+    checkpoints = {}
+
     def load(path, role, classes):
         ref, ckpt = load_model(path, role, num_classes=classes, dataset=args.dataset, inputs=input_spec(args))
         check_split(ckpt, path, data.split)
+        checkpoints[role] = ckpt
         return prepare_teacher(head_on(ref, model.backbone, path) if args.freeze_backbone else ref, device)
 
     uses = mitigation.method.references
     old = load(mitigation.old_ckpt, "old", data.num_old)
+    old_data = checkpoints["old"].get("old_data") or {"old_data_fraction": 1.0}
+    old_setting = {"old_arch": checkpoints["old"]["arch"], "old_data_fraction": old_data["old_data_fraction"]}
     new = load(mitigation.new_ckpt, "new", data.num_classes) if "new" in uses else None
     members = [load(p, "ensemble", data.num_classes) for p in mitigation.ensemble] if "ensemble" in uses else []
     teachers = build_teachers(uses, device, fast_teachers(device, args.precision), old, new, members)
-    return References(old, teachers)
+    return References(old, teachers, old_setting)
 
 
 def prepare_loss(method, num_old: int):
@@ -273,16 +289,29 @@ def non_finite_message(err: NonFiniteLoss, out_dir: Path, history: list, args, s
     return message + ", and start the run again"
 
 
+def run_setting(args, role: str, data: RunData, refs: References | None) -> dict:
+    """The kind of experiment a run belongs to, so that tables never put runs of different kinds
+    in one row: the share of classes that are old (1.0: a same-class update), the old model's
+    share of the training images (data growth), and the architectures (an architecture upgrade)."""
+    setting = {"old_fraction": args.old_fraction, "arch": args.arch}
+    if role == "old":
+        setting.update(old_arch=args.arch, old_data_fraction=data.old_data["old_data_fraction"])
+    if refs is not None:
+        setting.update(refs.old_setting)
+    return setting
+
+
 def write_outputs(args, role: str, out_dir: Path, model, data: RunData, test_targets, scores: Scores,
-                  mitigation: Mitigation | None):
+                  mitigation: Mitigation | None, setting: dict):
     """The final files, written only after the run succeeded: the model checkpoint (--save),
     results.json and, for an update, predictions.npz."""
     save_path = checkpoint_path(args, out_dir)
     atomic_save(model_checkpoint(model, arch=args.arch, num_classes=data.head_size, embed_dim=args.embed_dim,
                                  dataset=args.dataset, num_old=data.num_old, role=role,
                                  epoch=args.epochs - 1, metrics=scores.metrics, config=vars(args),
-                                 inputs=input_spec(args), split=data.split, weights=model.weights), save_path)
+                                 inputs=input_spec(args), split=data.split, weights=model.weights,
+                                 old_data=data.old_data), save_path)
     if mitigation is not None:
         write_predictions(out_dir / "predictions.npz", test_targets, scores, data.num_old, mitigation.save_logits)
     write_json(out_dir / "results.json",
-               results_record(role, scores.metrics, save_path, data, model.weights, vars(args)))
+               results_record(role, scores.metrics, save_path, data, model.weights, vars(args), setting))

@@ -189,3 +189,37 @@ def test_ci_adds_the_nfr_interval_of_runs_with_predictions(tmp_path, fake_run, c
     with pytest.raises(SystemExit) as exc:
         tables.main([str(tmp_path), "--ci", "--split", "val"])
     assert exc.value.code == 2 and "--ci" in capsys.readouterr().err
+
+
+def test_same_class_and_data_growth_updates_get_tables_of_their_own(tmp_path, fake_run):
+    """Runs of a class-incremental, a same-class and a data-growth experiment never share a row,
+    even with the same method, architectures and seed; a new model serves both same-class kinds."""
+    root = tmp_path / "runs"
+    half, full, growth = (tmp_path / f"{name}.pth" for name in ("half", "full", "growth"))
+    same = {"old_fraction": 1.0}
+    fake_run(root / "old_half", role="old", checkpoint=half, er_old=30.0)
+    fake_run(root / "old_full", role="old", checkpoint=full, config=same, er_old=35.0,
+             setting={"old_fraction": 1.0, "old_data_fraction": 1.0})
+    fake_run(root / "old_growth", role="old", checkpoint=growth, config=same, er_old=45.0,
+             setting={"old_fraction": 1.0, "old_data_fraction": 0.5})
+    fake_run(root / "new_same", role="new", config=same, er_old=33.0, er_all=33.0)
+    for name, ckpt, setting, nfr in (("half", half, None, 3.0), ("full", full, {"old_data_fraction": 1.0}, 2.0),
+                                     ("growth", growth, {"old_data_fraction": 0.5}, 5.0)):
+        extra = {} if setting is None else {"config": same, "setting": {"old_fraction": 1.0, **setting}}
+        fake_run(root / f"pct_{name}", method="PCT_KL", old_ckpt=ckpt, nfr=nfr, **extra)
+    by_title = {k.title(): rows for k, rows in group(find_runs([root])).items()}
+    assert sorted(by_title) == ["cifar10: resnet18 -> resnet18",
+                                "cifar10: resnet18 -> resnet18, same classes",
+                                "cifar10: resnet18 -> resnet18, same classes, old model on 50% of the images"]
+
+    def cells(title):
+        return [(row.label, [r.metrics().get("nfr", r.metrics().get("er_old")) for r in row.runs])
+                for row in by_title[title]]
+
+    assert cells("cifar10: resnet18 -> resnet18") == [("Old model", [30.0]), ("PCT_KL", [3.0])]
+    assert cells("cifar10: resnet18 -> resnet18, same classes") == [
+        ("Old model", [35.0]), ("New model", [33.0]), ("PCT_KL", [2.0])]
+    assert cells("cifar10: resnet18 -> resnet18, same classes, old model on 50% of the images") == [
+        ("Old model", [45.0]), ("New model", [33.0]), ("PCT_KL", [5.0])]
+    text = tables.csv_text(group(find_runs([root])))
+    assert "old_fraction,old_data_fraction" in text.splitlines()[0]

@@ -346,8 +346,12 @@ def test_num_old_classes():
     assert num_old_classes(100, 0.5) == 50
     assert num_old_classes(10, 0.5) == 5
     assert num_old_classes(10, 0.3) == 3
-    for fraction in (0.0, 1.0, 0.01, 0.99, -0.5):
-        with pytest.raises(UserError):
+    assert num_old_classes(10, 1.0) == 10  # a same-class update: every class is old
+    for fraction in (0.0, 1.5, -0.5):
+        with pytest.raises(UserError, match=r"\(0, 1\]"):
+            num_old_classes(10, fraction)
+    for fraction in (0.01, 0.99):  # below 1, a fraction must leave an old and a new class
+        with pytest.raises(UserError, match="at least one old and one new class"):
             num_old_classes(10, fraction)
 
 

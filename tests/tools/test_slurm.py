@@ -115,7 +115,8 @@ def test_srun_gets_the_task_cpus_given_to_sbatch(stubs, tmp_path):
 
 def test_script_port_and_gpu_count_come_from_the_environment(stubs, tmp_path):
     proc = sbatch(stubs, "--config", "configs/imagenet_resnet18.yaml", cwd=tmp_path, TORCHRUN="torchrun",
-                  SCRIPT="train_old_model.py", RDZV_PORT="29611", SLURM_GPUS_ON_NODE="2")
+                  SCRIPT="train_old_model.py", RDZV_PORT="29611", SLURM_GPUS_ON_NODE="2",
+                  SLURM_JOB_ID="4242_7")  # no job number: RDZV_PORT is needed, and enough
     assert_ok(proc)
     argv = json.loads((stubs[1] / "torchrun.json").read_text())["argv"]
     assert argv[argv.index("--nproc-per-node") + 1] == "2"

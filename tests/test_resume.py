@@ -80,8 +80,8 @@ def test_resumed_update_equals_uninterrupted_run(update_args, uninterrupted_upda
     assert results(run_dir) == results(reference)
     assert epoch_records(run_dir) == epoch_records(reference)
     with np.load(run_dir / "predictions.npz") as got, np.load(reference / "predictions.npz") as want:
-        assert set(got.files) == set(want.files) == {"targets", "old_pred", "pred", "num_old", "logits",
-                                                     "old_logits"}
+        assert set(got.files) == set(want.files) == {"targets", "old_pred", "pred", "num_old", "margin",
+                                                     "old_margin", "logits", "old_logits"}
         for name in want.files:
             np.testing.assert_array_equal(got[name], want[name])
     assert_same_checkpoint(run_dir / "checkpoint.pth", reference / "checkpoint.pth")

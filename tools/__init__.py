@@ -1,8 +1,9 @@
 """Commands that turn finished runs into the paper's tables and figures, and run sweeps.
 
     python -m tools.tables RUNS [--out DIR | --print] [--split val] [--ci]   Tables 1-4 (Markdown, CSV)
-    python -m tools.flips RUN [RUN ...] --out DIR                     which samples flip, to what, margins,
-                                                                      bootstrap intervals, McNemar tests
+    python -m tools.flips RUN [RUN ...] --out DIR [--baseline RUN]    which samples flip, to what, margins,
+                                                                      groups over seeds, bootstrap intervals,
+                                                                      McNemar tests (Holm), flips.csv
     python -m tools.evaluate --old-ckpt A --ckpt B --output-dir DIR   score a checkpoint without training
     python -m tools.select_b SWEEP [--tolerance 1.0]                 choose b on validation metrics
     python -m tools.plots embeddings RUN [RUN ...] --out FIG.png      Figure 3 (--embed-dim 2 runs)

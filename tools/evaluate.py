@@ -53,20 +53,21 @@ def build_parser():
     return p, shared
 
 
-def settings(argv) -> SimpleNamespace:
-    """The flags of this command over MODEL's own settings over the scripts' defaults."""
+def settings(argv) -> tuple[SimpleNamespace, dict]:
+    """(The flags of this command over MODEL's own settings over the scripts' defaults, the flags
+    given on the command line)."""
     parser, shared = build_parser()
     given = vars(parser.parse_args(argv))
     trained = read_checkpoint(given["ckpt"], "trained").get("config") or {}
     args = vars(shared.parse_args([]))
     args.update({k: trained[k] for k in DATA_SETTINGS if k in trained})
     args.update(given)
-    return SimpleNamespace(**args)
+    return SimpleNamespace(**args), given
 
 
 @exit_on_user_error
 def main(argv=None) -> dict:
-    args = settings(argv)
+    args, given = settings(argv)
     validate(args)
     device = setup_device(args.device)
     data = load_data(args, "update")
@@ -82,10 +83,14 @@ def main(argv=None) -> dict:
     out_dir = Path(args.output_dir)
     prepare_output_dir(out_dir)
     write_predictions(out_dir / "predictions.npz", inputs.targets["test"], scores, data.num_old, args.save_logits)
-    config = {**(ckpt.get("config") or {}), **vars(args)}
+    # The settings MODEL was trained with (seed, lr, epochs...: the row of tools.tables it
+    # belongs to), not this command's defaults; this command's own flags are recorded apart.
+    config = {"old_ckpt": args.old_ckpt, **{k: getattr(args, k) for k in DATA_SETTINGS},
+              **(ckpt.get("config") or {})}
     write_json(out_dir / "results.json", {
-        **results_record("update", scores.metrics, args.ckpt, data, ckpt.get("weights"), config),
-        "evaluated": {"role": ckpt.get("role"), "old_checkpoint": args.old_ckpt}})
+        **results_record("update", scores.metrics, args.ckpt, data, ckpt.get("weights"), config,
+                         device=args.device),
+        "evaluated": {"role": ckpt.get("role"), "old_checkpoint": args.old_ckpt, "flags": given}})
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'predictions.npz'}")
     return scores.metrics
 

@@ -1,43 +1,67 @@
-"""Where the negative flips of updates are, and how sure their rates are, from the run folders'
-predictions.npz (needs matplotlib for the figures).
+"""Where the negative flips of updates are, how sure their rates are, and how they vary over seeds,
+from the run folders' results.json and predictions.npz (numpy, scipy and matplotlib; no torch).
 
-    python -m tools.flips RUN [RUN ...] --out DIR [--resamples 10000] [--confidence 0.95] [--seed 0]
+    python -m tools.flips RUN [RUN ...] --out DIR [--baseline RUN] [--data-root DIR]
+        [--resamples 10000] [--confidence 0.95] [--seed 0]
 
-writes to DIR:
-    flips.json          per run: NFR, Rel-NFR, ER(Y_old), ER(Y_all) with percentile bootstrap
-                        intervals over the test samples (NFR, Rel-NFR: the old-class samples;
-                        ER(Y_all): all of them), per-class NFR and PFR, the flip matrix (true class
-                        x the updated model's prediction, negative flips only) and, where the run
-                        saved logits, its margins; per pair of runs of the same old model on the
-                        same test set: the NFR difference with a paired bootstrap interval and an
-                        exact McNemar test on the samples' negative flips. Undefined values are null.
-    flips.md            the same as Markdown tables, with each run's most frequent flips
-    per_class_nfr.png   per-class NFR of every run, side by side
-    flip_matrix_<i>.png the flip matrix of run i
-    margins.png         margin histograms (z_y - max_{j != y} z_j, old-class samples) of the old
-                        model and the runs, where logits were saved
+Each run gets a label from its settings (tools/run_labels.py), e.g. MPT_KL-b4-seed42; runs that
+differ only in the seed form a group (MPT_KL-b4). Written to DIR:
+
+    flips.json   "runs": per run its label, group, NFR, Rel-NFR, ER(Y_old), ER(Y_all) with
+                 percentile bootstrap intervals over the test samples (NFR, Rel-NFR: the old-class
+                 samples; ER(Y_all): all of them), per-class NFR and PFR, the negative flips as
+                 [true class, updated prediction, count] triples ("flip_to"), the share of them
+                 that land in new classes and, where margins were saved, a margin summary.
+                 "groups": per group its runs and the mean and sample sd over them of NFR, Rel-NFR,
+                 ER(Y_all), the share into new classes and the per-class NFR, and the number of
+                 samples that flip in every run of the group. "group_comparisons": between groups
+                 of at least 2 runs, the difference of mean NFR with Welch's interval and p-value
+                 over the seeds. "pairs": per pair of runs of the same old model on the same test
+                 set (every pair, or each run against --baseline), the NFR difference with a
+                 paired bootstrap interval, an exact McNemar test on the samples' negative flips
+                 and its p-value adjusted by Holm's method over the pairs reported ("p_holm"; the
+                 group comparisons get their own). Undefined values are null.
+    flips.md     the same as Markdown tables, the groups first
+    flips.csv    one row per old-class test sample (of the runs that share the first run's, or the
+                 baseline's, test set and old model): its test-set index, its image file (with
+                 --data-root, for an image-folder data set), true class, the old model's
+                 prediction and margin, each run's prediction and margin, and "flips", the number
+                 of those runs in which it flips
+    figures      per_class_nfr.png (per group, mean and sd over seeds); up to 30 classes one flip
+                 matrix per run, flip_matrix_<label>.png, all on one colour scale, above that
+                 top_confusions.png; flip_split.png (old -> old versus old -> new flips per run);
+                 margins.png where margins were saved; nfr_vs_b.png where groups of one method
+                 differ only in b; flipped_samples.png with --data-root (the test images that flip
+                 in the most runs)
 
 Only updates have flips: runs whose results.json says "role": "old" or "new" are skipped with a
-warning (one without a role counts as an update). The number of old classes C_old comes from
-results.json's "num_old", the predictions' "num_old", the width of the old model's logits, or else
-round(--old-fraction x the number of classes).
+warning (one without a role counts as an update). C_old comes from results.json's "num_old", the
+predictions' "num_old", the width of the old model's logits, or else round(--old-fraction x C).
+
+Margins z_y - max_{j != y} z_j come from predictions.npz's "margin" / "old_margin" (fp32, written
+by main.py and tools.evaluate) or else from its float16 logits, where rounding makes near ties
+exact (0); a margin whose sign contradicts the stored prediction (predictions not made from those
+logits) counts as a tie, 0: the stored prediction is what the flips count.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import binom, ttest_ind
 
-from tools.plots import pyplot
-from tools.results import warn
-from utils.data import DATASETS
-from utils.errors import UserError, exit_on_user_error
-from utils.metrics import bootstrap, flip_indicators, flip_intervals, flip_metrics, percentile_interval, rate
+from tools import flip_figures
+from tools.run_labels import labels, method_defaults, update_kind
+from utils.errors import UserError, exit_on_user_error, warn
+from utils.image_files import DATASETS, TestImages
+from utils.metrics import (bootstrap_rates, flip_indicators, flip_metrics, margins, margins_agreeing_with,
+                           nfr_and_rel_nfr, percentile_interval)
 
 REPORTED = ("nfr", "rel_nfr", "er_old", "er_all")
 TOP_FLIPS = 5
@@ -57,11 +81,31 @@ def mcnemar_p(a, b) -> float:
     return float(min(1.0, 2 * binom.cdf(min(n01, n10), n01 + n10, 0.5)))
 
 
-def paired_difference_interval(a, b, resamples=10000, confidence=0.95, seed=0):
-    """Bootstrap interval of rate(a) - rate(b) (points) for indicators of the same samples: both
-    are resampled with the same indices, so what the two share cancels out."""
-    return percentile_interval(bootstrap(lambda x, y: rate(x) - rate(y), a, b, resamples=resamples, seed=seed),
-                               confidence)
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjustment: the i-th smallest of m p-values becomes the largest of
+    (m - j + 1) p_(j) over j <= i, capped at 1. Rejecting where the adjusted p is below alpha
+    keeps the chance of any false rejection among the m tests below alpha."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    scaled = (len(p) - np.arange(len(p))) * p[order]
+    adjusted = np.empty(len(p))
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return adjusted.tolist()
+
+
+def welch(a, b, confidence: float) -> tuple[float, tuple[float, float], float]:
+    """mean(a) - mean(b) with Welch's interval and two-sided p-value (unequal variances; each
+    value one seed's). NaN interval and p where neither sample varies: Welch has no degrees of
+    freedom there."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = float(a.mean() - b.mean())
+    if a.var() == 0 and b.var() == 0:
+        return diff, (math.nan, math.nan), math.nan
+    with warnings.catch_warnings():  # scipy's precision warning for nearly equal values
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = ttest_ind(a, b, equal_var=False)
+        interval = test.confidence_interval(confidence)
+    return diff, (float(interval.low), float(interval.high)), float(test.pvalue)
 
 
 def per_class_counts(targets, old_pred, pred, num_old: int) -> dict:
@@ -84,44 +128,25 @@ def flip_matrix(targets, old_pred, pred, num_old: int, num_classes: int) -> np.n
     return matrix
 
 
-def margins(logits, targets) -> np.ndarray:
-    """gamma = z_y - max_{j != y} z_j per sample: positive when the sample is classified right,
-    the larger the safer from flipping."""
-    z = np.asarray(logits, dtype=np.float64)
-    rows = np.arange(len(z))
-    targets = np.asarray(targets, dtype=np.int64)
-    own = z[rows, targets]
-    others = z.copy()
-    others[rows, targets] = -np.inf
-    return own - others.max(axis=1)
-
-
-def margin_summary(targets, old_pred, num_old: int, logits, old_logits=None) -> tuple[dict, dict]:
-    """({"old_model_median", "median", "share_below_zero_of_old_correct"}, the margins) over the
-    old-class samples: medians of the old model's margins (its C_old logits; None without them)
-    and the updated model's, and the percent of the samples the old model got right whose
-    updated-model margin is below zero."""
-    targets = np.asarray(targets, dtype=np.int64)
-    old = targets < num_old
-    y = targets[old]
-    gamma = margins(np.asarray(logits)[old], y)
-    old_gamma = margins(np.asarray(old_logits)[old][:, :num_old], y) if old_logits is not None else None
-    old_correct = np.asarray(old_pred)[old] == y
-    summary = {
-        "old_model_median": float(np.median(old_gamma)) if old_gamma is not None and len(y) else math.nan,
-        "median": float(np.median(gamma)) if len(y) else math.nan,
+def margin_summary(old_correct, margin, old_margin=None) -> dict:
+    """Over the old-class samples: the medians of the old model's margins (None without them) and
+    the updated model's, and the percent of the samples the old model got right whose updated
+    margin is below zero."""
+    return {
+        "old_model_median": float(np.median(old_margin)) if old_margin is not None and len(margin) else math.nan,
+        "median": float(np.median(margin)) if len(margin) else math.nan,
         "share_below_zero_of_old_correct":
-            100.0 * float(np.mean(gamma[old_correct] < 0)) if old_correct.any() else math.nan,
+            100.0 * float(np.mean(margin[old_correct] < 0)) if old_correct.any() else math.nan,
     }
-    return summary, {"old": old_gamma, "new": gamma}
 
 
 # ---------------------------------------------------------------------------------------------
 # Run folders
 # ---------------------------------------------------------------------------------------------
-def load_run(run: str) -> dict | None:
-    """results.json and predictions.npz of a run folder; None (with a warning) if it is not an
-    update."""
+def load_run(run: str, with_margins: bool = True) -> dict | None:
+    """results.json and the predictions of a run folder (with its old-class samples' margins
+    where predictions.npz allows, unless not ``with_margins``); None (with a warning) if it is not
+    an update. Logits are read only to compute margins, a chunk at a time, and not kept."""
     folder = Path(run)
     results_file, npz_file = folder / "results.json", folder / "predictions.npz"
     if not results_file.is_file():
@@ -139,50 +164,107 @@ def load_run(run: str) -> dict | None:
                         "their test predictions")
     try:
         with np.load(npz_file, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            run_data = _read_predictions(npz, npz_file, results, with_margins)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise UserError(f"{npz_file} cannot be read ({err}); is the run finished?") from None
-    missing = [k for k in ("targets", "old_pred", "pred") if k not in arrays]
+    return {"run": run, "results": results, "config": results.get("config") or {}, **run_data}
+
+
+def _read_predictions(npz, npz_file: Path, results: dict, with_margins: bool) -> dict:
+    missing = [k for k in ("targets", "old_pred", "pred") if k not in npz.files]
     if missing:
         raise UserError(f"{npz_file} lacks {', '.join(missing)}; it is not a predictions file of main.py")
+    arrays = {k: npz[k].astype(np.int64) for k in ("targets", "old_pred", "pred")}
     n = len(arrays["targets"])
-    for key in ("old_pred", "pred", "logits", "old_logits"):
-        if key in arrays and len(arrays[key]) != n:
-            raise UserError(f"{npz_file}: {key} has {len(arrays[key])} rows for {n} targets")
-    config = results.get("config") or {}
-    num_classes = class_count(results, arrays)
-    num_old = old_class_count(results, arrays, num_classes)
-    return {"run": run, "results": results, "config": config, "arrays": arrays,
-            "num_classes": max(num_classes, int(arrays["pred"].max(initial=-1)) + 1), "num_old": num_old,
-            "classes": results.get("classes")}
+    for key in npz.files:
+        shape = _shape(npz, key)
+        if shape and shape[0] != n:
+            raise UserError(f"{npz_file}: {key} has {shape[0]} rows for {n} targets")
+    num_classes = class_count(results, npz, arrays)
+    num_old = old_class_count(results, npz, num_classes)
+    targets = arrays["targets"]
+    old = targets < num_old
+    margin = old_margin = None
+    if with_margins and "margin" in npz.files:
+        margin = npz["margin"][old].astype(np.float32)
+        old_margin = npz["old_margin"][old].astype(np.float32) if "old_margin" in npz.files else None
+    elif with_margins and "logits" in npz.files:
+        margin = margins_agreeing_with(arrays["pred"][old], targets[old], margins(npz["logits"][old], targets[old]))
+        if "old_logits" in npz.files:
+            old_margin = margins_agreeing_with(arrays["old_pred"][old], targets[old],
+                                               margins(npz["old_logits"][old][:, :num_old], targets[old]))
+    return {"arrays": arrays, "num_old": num_old, "classes": results.get("classes"), "margin": margin,
+            "old_margin": old_margin,
+            "num_classes": max(num_classes, int(arrays["pred"].max(initial=-1)) + 1)}
 
 
-def class_count(results: dict, arrays: dict) -> int:
-    """C: the class names' count, the data set's, the logits' width, else the largest target + 1."""
+def _shape(npz, key: str) -> tuple:
+    """The shape of an array in an .npz, from its header: the data is not read."""
+    with npz.zip.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read_header(f)[0]
+
+
+def class_count(results: dict, npz, arrays: dict) -> int:
+    """C: the class names' count, results.json's, the data set's, the logits' width, else the
+    largest target + 1."""
     if results.get("classes"):
         return len(results["classes"])
+    if results.get("num_classes"):
+        return int(results["num_classes"])
     dataset = (results.get("config") or {}).get("dataset")
     if DATASETS.get(dataset):
         return DATASETS[dataset]
-    if "logits" in arrays:
-        return int(arrays["logits"].shape[1])
+    if "logits" in npz.files:
+        return int(_shape(npz, "logits")[1])
     return int(arrays["targets"].max(initial=-1)) + 1
 
 
-def old_class_count(results: dict, arrays: dict, num_classes: int) -> int:
+def old_class_count(results: dict, npz, num_classes: int) -> int:
     """C_old, from the first source that has it (see the module's docstring)."""
     if results.get("num_old") is not None:
         return int(results["num_old"])
-    if "num_old" in arrays:
-        return int(arrays["num_old"])
-    if "old_logits" in arrays:
-        return int(arrays["old_logits"].shape[1])
+    if "num_old" in npz.files:
+        return int(npz["num_old"])
+    if "old_logits" in npz.files:
+        return int(_shape(npz, "old_logits")[1])
     fraction = (results.get("config") or {}).get("old_fraction", 0.5)
     return int(round(float(fraction) * num_classes))
 
 
-def analyse(run: dict, resamples: int, confidence: float, seed: int) -> dict:
-    """The flips.json entry of one run."""
+def same_samples(a: dict, b: dict) -> bool:
+    """Whether two runs were scored on the same test samples against the same old predictions."""
+    return (a["num_old"] == b["num_old"] and np.array_equal(a["arrays"]["targets"], b["arrays"]["targets"])
+            and np.array_equal(a["arrays"]["old_pred"], b["arrays"]["old_pred"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The analysis
+# ---------------------------------------------------------------------------------------------
+def resampled(runs: list[dict], flips: list, resamples: int, seed: int) -> list[dict]:
+    """Per run, the rates (percent) of its indicators in each bootstrap resample: "negative",
+    "old_correct", "new_correct" over its old-class samples and "error" over all its test
+    samples. Runs with as many samples share the resamples (the same draws for the same seed),
+    so that the difference of two runs' columns is a paired bootstrap; all the runs of one size
+    are resampled in one pass."""
+    out = [{} for _ in runs]
+    columns = {}  # number of samples: [(run index, name, indicator)]
+    for i, (run, f) in enumerate(zip(runs, flips)):
+        a = run["arrays"]
+        for name, indicator in (("negative", f.negative), ("old_correct", f.old_correct),
+                                ("new_correct", f.new_correct)):
+            columns.setdefault(len(f.targets), []).append((i, name, indicator))
+        columns.setdefault(len(a["targets"]), []).append((i, "error", a["pred"] != a["targets"]))
+    for entries in columns.values():
+        rates = bootstrap_rates(np.stack([c for _, _, c in entries], axis=1), resamples, seed)
+        for j, (i, name, _) in enumerate(entries):
+            out[i][name] = rates[:, j]
+    return out
+
+
+def analyse(run: dict, flips, rates: dict, confidence: float) -> dict:
+    """The flips.json entry of one run (``rates``: its resampled rates, see ``resampled``)."""
     a, num_old = run["arrays"], run["num_old"]
     targets, old_pred, pred = a["targets"], a["old_pred"], a["pred"]
     metrics = flip_metrics(targets, old_pred, pred, num_old)
@@ -191,57 +273,116 @@ def analyse(run: dict, resamples: int, confidence: float, seed: int) -> dict:
         if isinstance(saved, (int, float)) and not _same(saved, metrics[key]):
             warn(f"{run['run']}: {key} is {metrics[key]:.4f} from predictions.npz with C_old = {num_old} "
                  f"but {saved:.4f} in results.json")
-    flips = flip_indicators(targets, old_pred, pred, num_old)
-    intervals = flip_intervals(flips, resamples, confidence, seed)
-    er_all_ci = percentile_interval(bootstrap(lambda p, t: rate(p != t), pred, targets,
-                                              resamples=resamples, seed=seed), confidence)
+    nfr_ci, rel_nfr_ci = percentile_interval(
+        nfr_and_rel_nfr(rates["negative"], rates["old_correct"], rates["new_correct"]), confidence)
     counts = per_class_counts(targets, old_pred, pred, num_old)
-    names = run["classes"]
+    matrix = flip_matrix(targets, old_pred, pred, num_old, run["num_classes"])
+    rows, cols = np.nonzero(matrix)
     entry = {
+        "label": run["label"],
+        "group": run["group"],
         "run": run["run"],
         "method": run["config"].get("method", run["results"].get("method")),
+        "seed": run["config"].get("seed"),
         "num_old": num_old,
         "n_old": len(flips.targets),
         **{k: metrics[k] for k in REPORTED},
         "pfr": metrics["pfr"],
         "er_old_model": metrics["er_old_model"],
-        "nfr_ci": list(intervals["nfr"]),
-        "rel_nfr_ci": list(intervals["rel_nfr"]),
-        "er_all_ci": list(er_all_ci),
-        "per_class": [{"class": c, "name": names[c] if names and c < len(names) else None,
-                       "n": int(n), "nfr": _percent(neg, n), "pfr": _percent(pos, n)}
-                      for c, (n, neg, pos) in enumerate(zip(counts["n"], counts["negative"], counts["positive"]))],
-        "flip_to": flip_matrix(targets, old_pred, pred, num_old, run["num_classes"]).tolist(),
+        "nfr_ci": list(nfr_ci),
+        "rel_nfr_ci": list(rel_nfr_ci),
+        "er_all_ci": list(percentile_interval(rates["error"], confidence)),
+        "flips_to_new_classes": _percent(matrix[:, num_old:].sum(), matrix.sum()),
+        "per_class": {"name": [class_name(run, c) for c in range(num_old)], "n": counts["n"].tolist(),
+                      "nfr": [_percent(neg, n) for n, neg in zip(counts["n"], counts["negative"])],
+                      "pfr": [_percent(pos, n) for n, pos in zip(counts["n"], counts["positive"])]},
+        "flip_to": [[int(r), int(c), int(matrix[r, c])] for r, c in zip(rows, cols)],
     }
-    if "logits" in a:
-        entry["margin"], run["margins"] = margin_summary(targets, old_pred, num_old, a["logits"],
-                                                         a.get("old_logits"))
+    if run["margin"] is not None:
+        entry["margin"] = margin_summary(flips.old_correct, run["margin"], run["old_margin"])
     return entry
 
 
-def pairs(runs: list[dict], entries: list[dict], resamples: int, confidence: float, seed: int) -> list[dict]:
-    """Every pair (a < b) of ``runs`` (their flips.json ``entries`` alongside) scored on the same
-    test samples against the same old model's predictions."""
+def pairs(runs: list[dict], flips: list, rates: list[dict], confidence: float, baseline: int | None) -> list[dict]:
+    """Every pair (a, b), a before b, of runs on the same samples and old predictions, or each
+    run (a) against the baseline (b) only; with Holm's adjustment over the pairs reported."""
+    if baseline is None:
+        candidates = [(i, j) for i in range(len(runs)) for j in range(i + 1, len(runs))]
+    else:
+        candidates = [(i, baseline) for i in range(len(runs)) if i != baseline]
     out = []
-    for i, ra in enumerate(runs):
-        for j in range(i + 1, len(runs)):
-            rb = runs[j]
-            if not (np.array_equal(ra["arrays"]["targets"], rb["arrays"]["targets"])
-                    and np.array_equal(ra["arrays"]["old_pred"], rb["arrays"]["old_pred"])):
-                continue
-            if ra["num_old"] != rb["num_old"]:
-                warn(f"{ra['run']} and {rb['run']} share predictions but not C_old "
-                     f"({ra['num_old']} vs {rb['num_old']}); not compared")
-                continue
-            fa, fb = (flip_indicators(r["arrays"]["targets"], r["arrays"]["old_pred"], r["arrays"]["pred"],
-                                      r["num_old"]) for r in (ra, rb))
-            out.append({"a": i, "b": j, "nfr_diff": entries[i]["nfr"] - entries[j]["nfr"],
-                        "nfr_diff_ci": list(paired_difference_interval(fa.negative, fb.negative, resamples,
-                                                                       confidence, seed)),
-                        "n01": int(np.sum(fa.negative & ~fb.negative)),
-                        "n10": int(np.sum(~fa.negative & fb.negative)),
-                        "mcnemar_p": mcnemar_p(fa.negative, fb.negative)})
+    for i, j in candidates:
+        if not same_samples(runs[i], runs[j]):
+            if np.array_equal(runs[i]["arrays"]["targets"], runs[j]["arrays"]["targets"]) and \
+                    np.array_equal(runs[i]["arrays"]["old_pred"], runs[j]["arrays"]["old_pred"]):
+                warn(f"{runs[i]['label']} and {runs[j]['label']} share predictions but not C_old "
+                     f"({runs[i]['num_old']} vs {runs[j]['num_old']}); not compared")
+            continue
+        a, b = flips[i].negative, flips[j].negative
+        diff = rates[i]["negative"] - rates[j]["negative"]  # the same resamples: paired
+        out.append({"a": runs[i]["label"], "b": runs[j]["label"],
+                    "nfr_diff": 100.0 * (float(np.mean(a)) - float(np.mean(b))) if len(a) else math.nan,
+                    "nfr_diff_ci": list(percentile_interval(diff, confidence)),
+                    "n01": int(np.sum(a & ~b)), "n10": int(np.sum(~a & b)), "mcnemar_p": mcnemar_p(a, b)})
+    for pair, adjusted in zip(out, holm([p["mcnemar_p"] for p in out])):
+        pair["p_holm"] = adjusted
     return out
+
+
+def groups(runs: list[dict], entries: list[dict], flips: list) -> list[dict]:
+    """The runs that differ only in the seed, in the order of their first run, with the mean and
+    sample sd of their metrics."""
+    members = {}
+    for i, run in enumerate(runs):
+        members.setdefault(run["group"], []).append(i)
+    out = []
+    for label, idx in members.items():
+        group = {"label": label, "runs": [runs[i]["label"] for i in idx], "n": len(idx)}
+        for key in ("nfr", "rel_nfr", "er_all", "flips_to_new_classes"):
+            group[f"{key}_mean"], group[f"{key}_sd"] = _mean_sd([entries[i][key] for i in idx])
+        per_class = [entries[i]["per_class"]["nfr"] for i in idx]
+        if len({len(p) for p in per_class}) == 1:
+            values = np.array(per_class, dtype=float)
+            group["per_class_nfr_mean"], group["per_class_nfr_sd"] = (
+                list(v) for v in zip(*(_mean_sd(values[:, c]) for c in range(values.shape[1]))))
+        # Samples that flip whatever the seed: only defined on one test set and old model.
+        shared = all(same_samples(runs[idx[0]], runs[i]) for i in idx)
+        group["flip_in_every_run"] = (int(np.logical_and.reduce([flips[i].negative for i in idx]).sum())
+                                      if shared else None)
+        group["method"], group["b"] = entries[idx[0]]["method"], runs[idx[0]]["b"]
+        group["curve"] = runs[idx[0]]["curve"]
+        out.append(group)
+    return out
+
+
+def group_comparisons(group_list: list[dict], entries: list[dict], confidence: float,
+                      baseline: str | None) -> list[dict]:
+    """Welch's difference of mean NFR between groups of at least 2 runs (every pair, or each
+    against the baseline's group), with Holm's adjustment over the comparisons reported."""
+    nfr = {e["label"]: e["nfr"] for e in entries}
+    seeded = [g for g in group_list if g["n"] >= 2]
+    if baseline is None:
+        candidates = [(a, b) for i, a in enumerate(seeded) for b in seeded[i + 1:]]
+    else:
+        base = next((g for g in seeded if g["label"] == baseline), None)
+        candidates = [(g, base) for g in seeded if base is not None and g is not base]
+    out = []
+    for a, b in candidates:
+        diff, ci, p = welch([nfr[r] for r in a["runs"]], [nfr[r] for r in b["runs"]], confidence)
+        out.append({"a": a["label"], "b": b["label"], "nfr_diff": diff, "nfr_diff_ci": list(ci), "welch_p": p})
+    tested = [c for c in out if not math.isnan(c["welch_p"])]
+    for comparison, adjusted in zip(tested, holm([c["welch_p"] for c in tested])):
+        comparison["p_holm"] = adjusted
+    for comparison in out:
+        comparison.setdefault("p_holm", math.nan)
+    return out
+
+
+def _mean_sd(values) -> tuple[float, float]:
+    """Mean and sample standard deviation of the defined values (NaN where too few)."""
+    values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    mean = float(values.mean()) if len(values) else math.nan
+    return mean, float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
 def _same(a: float, b: float) -> bool:
@@ -265,20 +406,31 @@ def json_safe(value):
     return value
 
 
+def compact_json(value, indent: str = "") -> str:
+    """JSON with one key per line but each list of numbers (or of short lists of numbers, as the
+    flip triples) on one line: thousands of classes stay thousands of numbers, not lines."""
+    if isinstance(value, dict):
+        inner = indent + " "
+        items = [f"{inner}{json.dumps(k)}: {compact_json(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}" if items else "{}"
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        inner = indent + " "
+        return "[\n" + ",\n".join(inner + compact_json(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value, allow_nan=False, separators=(",", ":") if isinstance(value, list) else None)
+
+
 # ---------------------------------------------------------------------------------------------
-# Markdown and figures
+# Markdown and the per-sample table
 # ---------------------------------------------------------------------------------------------
 def class_name(run: dict, c: int) -> str:
     names = run["classes"]
     return str(names[c]) if names and c < len(names) else str(c)
 
 
-def top_flips(run: dict, matrix, k: int = TOP_FLIPS) -> list[str]:
+def top_flips(run: dict, triples, k: int = TOP_FLIPS) -> list[str]:
     """The k most frequent (true class -> updated prediction) negative flips, "cat -> dog: 37"."""
-    matrix = np.asarray(matrix)
-    order = np.argsort(-matrix, axis=None, kind="stable")[:k]
-    return [f"{class_name(run, r)} -> {class_name(run, c)}: {matrix[r, c]}"
-            for r, c in zip(*np.unravel_index(order, matrix.shape)) if matrix[r, c] > 0]
+    ranked = sorted(triples, key=lambda t: (-t[2], t[0], t[1]))[:k]
+    return [f"{class_name(run, r)} -> {class_name(run, c)}: {n}" for r, c, n in ranked]
 
 
 def _num(x, digits=2) -> str:
@@ -294,119 +446,111 @@ def _ci(value, interval) -> str:
     return f"{_num(value)} [{_num(interval[0])}, {_num(interval[1])}]"
 
 
-def markdown(entries: list[dict], pair_list: list[dict], runs: list[dict], confidence: float,
-             resamples: int) -> str:
+def _mean_sd_cell(group: dict, key: str) -> str:
+    mean, sd = group[f"{key}_mean"], group[f"{key}_sd"]
+    return _num(mean) if sd is None or (isinstance(sd, float) and math.isnan(sd)) else f"{_num(mean)} ± {_num(sd)}"
+
+
+def markdown(report: dict, runs: list[dict], confidence: float, resamples: int, csv_runs: list[str]) -> str:
     level = f"{100 * confidence:g}%"
-    out = [f"### Runs ({level} percentile bootstrap intervals, {resamples} resamples)", "",
-           "| # | Run | Method | C_old | Old-class samples | NFR | Rel-NFR | ER(Y_old) | ER(Y_all) | PFR |",
-           "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for i, e in enumerate(entries):
-        out.append(f"| {i} | {e['run']} | {e['method'] or '?'} | {e['num_old']} | {e['n_old']} | "
-                   f"{_ci(e['nfr'], e['nfr_ci'])} | {_ci(e['rel_nfr'], e['rel_nfr_ci'])} | {_num(e['er_old'])} | "
-                   f"{_ci(e['er_all'], e['er_all_ci'])} | {_num(e['pfr'])} |")
-    out += ["", "### Pairs (same test set and old model)", ""]
-    if pair_list:
-        out += [f"| a | b | NFR(a) - NFR(b) [{level}, paired] | a only / b only flips | McNemar p |",
-                "| ---: | ---: | ---: | ---: | ---: |"]
+    entries, group_list = report["runs"], report["groups"]
+    out = ["### Groups (runs that differ only in the seed: mean ± sample sd over them)", "",
+           "| Group | Runs | NFR | Rel-NFR | ER(Y_all) | Flips into new classes (%) | Samples flipping in every run |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    out += [f"| {g['label']} | {g['n']} | {_mean_sd_cell(g, 'nfr')} | {_mean_sd_cell(g, 'rel_nfr')} | "
+            f"{_mean_sd_cell(g, 'er_all')} | {_mean_sd_cell(g, 'flips_to_new_classes')} | "
+            f"{'–' if g['flip_in_every_run'] is None else g['flip_in_every_run']} |" for g in group_list]
+    out += ["", f"### Between groups (NFR(a) - NFR(b), means over seeds, Welch {level} interval; "
+                "Holm over the comparisons)", ""]
+    if report["group_comparisons"]:
+        out += ["| a | b | NFR(a) - NFR(b) | Welch p | Holm p |", "| --- | --- | ---: | ---: | ---: |"]
+        out += [f"| {c['a']} | {c['b']} | {_ci(c['nfr_diff'], c['nfr_diff_ci'])} | {_p_value(c['welch_p'])} | "
+                f"{_p_value(c['p_holm'])} |" for c in report["group_comparisons"]]
+    else:
+        out.append("None: a comparison over seeds needs two groups of at least 2 runs each (with "
+                   "--baseline, the baseline's group among them).")
+    out += ["", f"### Runs ({level} percentile bootstrap intervals, {resamples} resamples)", "",
+            "| Run | C_old | Old-class samples | NFR | Rel-NFR | ER(Y_old) | ER(Y_all) | PFR | Flips into new classes (%) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    out += [f"| {e['label']} | {e['num_old']} | {e['n_old']} | {_ci(e['nfr'], e['nfr_ci'])} | "
+            f"{_ci(e['rel_nfr'], e['rel_nfr_ci'])} | {_num(e['er_old'])} | {_ci(e['er_all'], e['er_all_ci'])} | "
+            f"{_num(e['pfr'])} | {_num(e['flips_to_new_classes'])} |" for e in entries]
+    out += ["", f"### Pairs of runs (same test set and old model; paired {level} bootstrap interval, "
+                "exact McNemar test, Holm over the pairs)", ""]
+    if report["pairs"]:
+        out += ["| a | b | NFR(a) - NFR(b) | a only / b only flips | McNemar p | Holm p |",
+                "| --- | --- | ---: | ---: | ---: | ---: |"]
         out += [f"| {p['a']} | {p['b']} | {_ci(p['nfr_diff'], p['nfr_diff_ci'])} | {p['n01']} / {p['n10']} | "
-                f"{_p_value(p['mcnemar_p'])} |" for p in pair_list]
+                f"{_p_value(p['mcnemar_p'])} | {_p_value(p['p_holm'])} |" for p in report["pairs"]]
     else:
         out.append("No two runs share the test set and the old model's predictions.")
     out += ["", f"### Most frequent negative flips (true class -> updated prediction, top {TOP_FLIPS})", ""]
-    for i, (e, run) in enumerate(zip(entries, runs)):
+    for e, run in zip(entries, runs):
         flips = top_flips(run, e["flip_to"])
-        out.append(f"- {i} ({e['method'] or '?'}): " + ("; ".join(flips) if flips else "no negative flips"))
-    with_margin = [(i, e) for i, e in enumerate(entries) if "margin" in e]
+        out.append(f"- {e['label']}: " + ("; ".join(flips) if flips else "no negative flips"))
+    with_margin = [e for e in entries if "margin" in e]
     if with_margin:
         out += ["", "### Margins z_y - max_{j != y} z_j (old-class samples)", "",
-                "| # | Old model median | Updated median | Below zero, of the old model's correct (%) |",
-                "| ---: | ---: | ---: | ---: |"]
-        out += [f"| {i} | {_num(e['margin']['old_model_median'])} | {_num(e['margin']['median'])} | "
-                f"{_num(e['margin']['share_below_zero_of_old_correct'])} |" for i, e in with_margin]
-    out.append("")
+                "| Run | Old model median | Updated median | Below zero, of the old model's correct (%) |",
+                "| --- | ---: | ---: | ---: |"]
+        out += [f"| {e['label']} | {_num(e['margin']['old_model_median'])} | {_num(e['margin']['median'])} | "
+                f"{_num(e['margin']['share_below_zero_of_old_correct'])} |" for e in with_margin]
+    out += ["", f"flips.csv: the old-class test samples of {', '.join(csv_runs)}.", ""]
     return "\n".join(out)
 
 
-def _label(i: int, entry: dict) -> str:
-    return f"{i}: {entry['method'] or '?'}"
+def sample_table(runs: list[dict], flips: list, reference: int) -> tuple[list[int], dict]:
+    """The runs on the reference run's samples, and per old-class sample of them: its test-set
+    "index", "target", "old_pred", "old_margin" (or None), each run's "pred" and "margin" (lists,
+    in the runs' order) and "flips", in how many of those runs it flips."""
+    ref = runs[reference]
+    shared = [i for i, run in enumerate(runs) if same_samples(ref, run)]
+    targets = ref["arrays"]["targets"]
+    old = targets < ref["num_old"]
+    table = {"index": np.flatnonzero(old), "target": targets[old], "old_pred": ref["arrays"]["old_pred"][old],
+             "old_margin": next((runs[i]["old_margin"] for i in shared if runs[i]["old_margin"] is not None), None),
+             "pred": [runs[i]["arrays"]["pred"][old] for i in shared],
+             "margin": [runs[i]["margin"] for i in shared],
+             "flips": np.sum([flips[i].negative for i in shared], axis=0, dtype=np.int64)}
+    return shared, table
 
 
-def plot_per_class(entries: list[dict], out: Path):
-    plt = pyplot()
-    num_old = max(len(e["per_class"]) for e in entries)
-    fig, ax = plt.subplots(figsize=(min(max(6.0, 0.35 * num_old * len(entries) ** 0.5 + 2), 30), 4))
-    width = 0.8 / len(entries)
-    for i, e in enumerate(entries):
-        x = [c["class"] - 0.4 + width * (i + 0.5) for c in e["per_class"]]
-        ax.bar(x, [c["nfr"] if c["nfr"] is not None and math.isfinite(c["nfr"]) else 0 for c in e["per_class"]],
-               width, label=_label(i, e), color=f"C{i % 10}")
-    first = max(entries, key=lambda e: len(e["per_class"]))["per_class"]
-    ax.set_xticks(range(num_old), [c["name"] or str(c["class"]) for c in first],
-                  rotation=90 if num_old > 10 else 0, fontsize=7 if num_old > 10 else 9)
-    ax.set_xlabel("old class")
-    ax.set_ylabel("NFR of the class's samples (%)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, out)
+def write_csv(path: Path, runs: list[dict], shared: list[int], table: dict, images: TestImages | None):
+    ref = runs[shared[0]]
+    names = lambda classes: [class_name(ref, c) for c in classes]  # noqa: E731
+    columns = {"index": table["index"].tolist()}
+    if images is not None and images.paths is not None:
+        columns["path"] = [images.paths[i] for i in table["index"]]
+    columns.update({"true": table["target"].tolist(), "true_name": names(table["target"]),
+                    "old_pred": table["old_pred"].tolist()})
+    if table["old_margin"] is not None:
+        columns["old_margin"] = _margins_text(table["old_margin"])
+    for i, pred, margin in zip(shared, table["pred"], table["margin"]):
+        columns[f"pred[{runs[i]['label']}]"] = pred.tolist()
+        if margin is not None:
+            columns[f"margin[{runs[i]['label']}]"] = _margins_text(margin)
+    columns["flips"] = table["flips"].tolist()
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(zip(*columns.values()))
 
 
-def plot_flip_matrix(entry: dict, run: dict, index: int, out: Path):
-    plt = pyplot()
-    matrix = np.asarray(entry["flip_to"])
-    rows, cols = matrix.shape
-    fig, ax = plt.subplots(figsize=(min(2 + 0.4 * cols, 16), min(1.5 + 0.4 * rows, 12)))
-    image = ax.imshow(matrix, cmap="Reds", aspect="auto")
-    fig.colorbar(image, ax=ax, label="negative flips")
-    if rows * cols <= 400:
-        for r in range(rows):
-            for c in range(cols):
-                if matrix[r, c]:
-                    ax.text(c, r, str(matrix[r, c]), ha="center", va="center", fontsize=7)
-    if cols <= 30:
-        ax.set_xticks(range(cols), [class_name(run, c) for c in range(cols)], rotation=90, fontsize=7)
-        ax.set_yticks(range(rows), [class_name(run, r) for r in range(rows)], fontsize=7)
-    ax.axvline(rows - 0.5, color="grey", lw=0.8)  # old classes to its left, new ones to its right
-    ax.set_xlabel("updated model's prediction")
-    ax.set_ylabel("true (old) class")
-    ax.set_title(f"{_label(index, entry)}  NFR {_num(entry['nfr'])}%", fontsize=10)
-    fig.tight_layout()
-    _save(fig, out)
+def _margins_text(values) -> list[str]:
+    return ["" if math.isnan(v) else f"{v:.4g}" for v in np.asarray(values, dtype=float)]
 
 
-def plot_margins(entries: list[dict], runs: list[dict], out: Path):
-    plt = pyplot()
-    shown = [(i, e, r["margins"]) for i, (e, r) in enumerate(zip(entries, runs)) if "margins" in r]
-    # The old model's margins once per distinct old model (the first run that has its logits).
-    olds = {}
-    for i, e, m in shown:
-        if m["old"] is not None:
-            olds.setdefault(runs[i]["arrays"]["old_pred"].tobytes(), (i, m["old"]))
-    values = [m["new"] for _, _, m in shown] + [g for _, g in olds.values()]
-    values = np.concatenate([v for v in values if len(v)]) if any(len(v) for v in values) else np.zeros(1)
-    # The axis spans the central 99.8% of all margins; the few beyond are counted in the edge bins,
-    # so that outliers do not squeeze the bulk of the distribution into a few bins.
-    low, high = np.percentile(values, [0.1, 99.9])
-    bins = np.linspace(low, high if high > low else low + 1, 60)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, g in olds.values():
-        ax.hist(np.clip(g, low, high), bins=bins, histtype="stepfilled", color="grey", alpha=0.35,
-                label="old model" if len(olds) == 1 else f"old model (of run {i})")
-    for i, e, m in shown:
-        share = e["margin"]["share_below_zero_of_old_correct"]
-        below = "" if share is None else f" ({_num(share, 1)}% of the old model's correct < 0)"
-        ax.hist(np.clip(m["new"], low, high), bins=bins, histtype="step", lw=1.5, color=f"C{i % 10}",
-                label=_label(i, e) + below)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("margin z_y - max_{j != y} z_j (old-class test samples; tails in the edge bins)")
-    ax.set_ylabel("samples")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, out)
-
-
-def _save(fig, out: Path):
-    fig.savefig(out, dpi=120)
-    pyplot().close(fig)
+def test_images(run: dict, data_root: str) -> TestImages | None:
+    """The run's test images under ``data_root``, checked against its targets; None (with a
+    warning) when they do not match."""
+    dataset = run["config"].get("dataset")
+    images = TestImages(dataset, data_root)
+    targets = run["arrays"]["targets"]
+    if len(images) != len(targets) or not np.array_equal(images.targets, targets):
+        warn(f"the {len(images)} {dataset} test images under {data_root} are not the {len(targets)} "
+             f"that {run['label']} was scored on (other classes or order); no images shown")
+        return None
+    return images
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,11 +558,23 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python -m tools.flips", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of updates (main.py --output-dir)")
-    p.add_argument("--out", required=True, metavar="DIR", help="write flips.json, flips.md and the figures here")
+    p.add_argument("--out", required=True, metavar="DIR", help="write flips.json, flips.md, flips.csv and the figures here")
+    p.add_argument("--baseline", metavar="RUN", help="compare each run with this one only (a run folder "
+                   "as given, or its label); its group is the baseline of the comparisons over seeds")
+    p.add_argument("--data-root", metavar="DIR", help="the runs' data set (image folders or torchvision's "
+                   "CIFAR files): image paths in flips.csv and flipped_samples.png")
     p.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (default 10000)")
     p.add_argument("--confidence", type=float, default=0.95, help="interval level in (0, 1) (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     return p
+
+
+def find_baseline(runs: list[dict], given: str) -> int:
+    for i, run in enumerate(runs):
+        if given in (run["run"], run["label"]) or Path(given).resolve() == Path(run["run"]).resolve():
+            return i
+    raise UserError(f"--baseline {given} is none of the runs given (their folders or labels: "
+                    f"{', '.join(r['label'] for r in runs)})")
 
 
 @exit_on_user_error
@@ -431,19 +587,39 @@ def main(argv=None):
     runs = [r for r in map(load_run, args.runs) if r is not None]
     if not runs:
         raise UserError(f"none of {', '.join(args.runs)} is an update run; flips need an old and an updated model")
-    entries = [analyse(r, args.resamples, args.confidence, args.seed) for r in runs]
-    pair_list = pairs(runs, entries, args.resamples, args.confidence, args.seed)
+    methods = [r["config"].get("method", r["results"].get("method")) for r in runs]
+    # results.json's "setting" (the kind of update: old fraction, the old model's share of the
+    # images, architectures) names runs apart too where it differs
+    settings = [{**r["config"], **update_kind(r["results"])} for r in runs]
+    for run, method, name in zip(runs, methods, labels(methods, settings)):
+        run["label"], run["group"], run["curve"] = name.label, name.group, name.curve
+        run["b"] = run["config"].get("b") if "b" in method_defaults(method, run["config"].get("dataset")) else None
+    baseline = find_baseline(runs, args.baseline) if args.baseline else None
+    images = test_images(runs[baseline or 0], args.data_root) if args.data_root else None
+
+    flips = [flip_indicators(r["arrays"]["targets"], r["arrays"]["old_pred"], r["arrays"]["pred"], r["num_old"])
+             for r in runs]
+    rates = resampled(runs, flips, args.resamples, args.seed)
+    entries = [analyse(r, f, q, args.confidence) for r, f, q in zip(runs, flips, rates)]
+    group_list = groups(runs, entries, flips)
+    report = json_safe({
+        "runs": entries, "groups": group_list,
+        "group_comparisons": group_comparisons(group_list, entries, args.confidence,
+                                               None if baseline is None else runs[baseline]["group"]),
+        "pairs": pairs(runs, flips, rates, args.confidence, baseline)})
+    shared, table = sample_table(runs, flips, baseline or 0)
+    if len(shared) < len(runs):
+        warn(f"flips.csv holds the {len(shared)} runs on the test set and old model of {runs[shared[0]]['label']}; "
+             f"{', '.join(r['label'] for i, r in enumerate(runs) if i not in shared)} left out")
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = json_safe({"runs": entries, "pairs": pair_list})
-    (out / "flips.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
-    (out / "flips.md").write_text(markdown(entries, pair_list, runs, args.confidence, args.resamples))
-    plot_per_class(report["runs"], out / "per_class_nfr.png")
-    for i, (e, r) in enumerate(zip(report["runs"], runs)):
-        plot_flip_matrix(e, r, i, out / f"flip_matrix_{i}.png")
-    if any("margins" in r for r in runs):
-        plot_margins(entries, runs, out / "margins.png")
-    print(f"wrote {out / 'flips.json'}, {out / 'flips.md'} and the figures in {out}")
+    (out / "flips.json").write_text(compact_json(report) + "\n")
+    (out / "flips.md").write_text(markdown(report, runs, args.confidence, args.resamples,
+                                           [runs[i]["label"] for i in shared]))
+    write_csv(out / "flips.csv", runs, shared, table, images)
+    flip_figures.draw_all(report, runs, shared, table, images, out)
+    print(f"wrote flips.json, flips.md, flips.csv and the figures to {out}")
     return report
 
 

@@ -10,30 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from tools.mpl import pyplot
 from tools.results import REFERENCES, Row, TableKey, find_runs, group, uses_b
 from utils.checkpoint import load_model, read_checkpoint
 from utils.data import load_dataset, normalizer
 from utils.errors import UserError, exit_on_user_error
 from utils.inputs import eval_batches
-
-
-def pyplot():
-    """matplotlib's pyplot on a file-only backend; exit 2 with one line when it is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("error: the plots need matplotlib; install it with: pip install matplotlib", file=sys.stderr)
-        sys.exit(2)
-    return plt
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,16 +16,16 @@ import json
 import math
 import os
 import statistics
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
 from methods import declared_defaults, hyperparameters, method_names
+from tools.run_labels import update_kind
 from utils.checkpoint import read_checkpoint
 from utils.cli import DATASET_DEFAULTS, NOT_IDENTITY, base_parser
-from utils.errors import UserError
+from utils.errors import UserError, warn
 
 METRICS = ("er_old", "er_all", "nfr", "rel_nfr")
 REFERENCES = {"old": "Old model", "new": "New model"}
@@ -35,10 +35,6 @@ REFERENCES = {"old": "Old model", "new": "New model"}
 ROW_ORDER = ["Old model", "New model", "No_Treatment", "PCT_Naive", "PCT_KL", "PCT_LM", "ELODI",
              "ELODI_topk", "MPT_nodistillation", "MPT_KL_nobias", "MPT_LM_nobias", "MPT_KL", "MPT_LM"]
 UNKNOWN = "?"
-
-
-def warn(message: str):
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def uses_b(method: str | None) -> bool:
@@ -206,11 +202,9 @@ def _make_run(path: Path, r: dict, old_archs: dict) -> Run:
         method = REFERENCES[role]
     b = float(cfg["b"]) if uses_b(method) and cfg.get("b") is not None else None
     extra = settings(method, cfg) if role == "update" else ()
-    # Runs older than results.json's "setting" were all class-incremental with the old model on
-    # every image of its classes.
-    setting = r.get("setting") or {}
-    old_fraction = float(setting.get("old_fraction", cfg.get("old_fraction", 0.5)))
-    old_data_fraction = None if role == "new" else float(setting.get("old_data_fraction", 1.0))
+    kind = update_kind(r)
+    old_fraction = kind["old_fraction"]
+    old_data_fraction = None if role == "new" else kind["old_data_fraction"]
     return Run(path, role, cfg["dataset"], cfg["arch"], old_arch, old_fraction, old_data_fraction, method, b,
                extra, cfg.get("seed"), r)
 

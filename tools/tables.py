@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from tools.flips import load_run
-from tools.results import METRICS, Row, Run, TableKey, find_runs, group, warn
-from utils.errors import UserError, exit_on_user_error
+from tools.results import METRICS, Row, Run, TableKey, find_runs, group
+from utils.errors import UserError, exit_on_user_error, warn
 from utils.metrics import bootstrap_interval, flip_indicators, rate
 
 HEADERS = {"er_old": "ER(Y_old)", "er_all": "ER(Y_all)", "nfr": "NFR", "rel_nfr": "Rel-NFR"}
@@ -49,7 +49,7 @@ def run_nfr_interval(run: Run, resamples: int, confidence: float) -> tuple[float
     if run.role != "update" or not (run.path / "predictions.npz").is_file():
         return None
     try:
-        loaded = load_run(str(run.path))
+        loaded = load_run(str(run.path), with_margins=False)
     except UserError as err:
         warn(f"no NFR interval for {run.path}: {err}")
         return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +20,10 @@ from torchvision import datasets
 
 from utils.device import prefers_channels_last
 from utils.errors import UserError
+from utils.image_files import CIFAR_FILES, DATASETS, cifar_batches, cifar_folder, class_images, read_pickle
 from utils.imagenet import load_imagenet
 from utils.inputs import NORMALIZATION, Dataset, class_folders, ImageSet, Normalize, TensorInputs, TrainLoader
 from utils.pil_pipeline import pil_train_loader
-
-# Number of classes of each data set; ImageNet's comes from its folders (tests use a few classes).
-DATASETS = {"cifar10": 10, "cifar100": 100, "imagenet": None}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 
 
 @dataclass
@@ -111,7 +107,7 @@ def _read_split(folder: Path, classes: list) -> ImageSet:
     # PIL, not torchvision.io: torchvision 0.29 deprecates its decoders.
     images, targets = [], []
     for index, cls in enumerate(classes):
-        files = sorted(f for f in (folder / cls).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = class_images(folder / cls)
         if not files:
             raise UserError(f"no images in {folder / cls}; expected image files such as 0001.jpg")
         for f in files:
@@ -128,19 +124,11 @@ def _read_split(folder: Path, classes: list) -> ImageSet:
     return ImageSet(torch.stack(images), torch.tensor(targets, dtype=torch.int64))
 
 
-# torchvision's CIFAR layout: the extracted folder, its training and test files, the class names.
-CIFAR_FILES = {
-    "cifar10": ("cifar-10-batches-py", "data_batch_*", "test_batch", "batches.meta", "label_names", "labels"),
-    "cifar100": ("cifar-100-python", "train", "test", "meta", "fine_label_names", "fine_labels"),
-}
-
-
 def _load_torchvision_cifar(name: str, root: Path, download: bool) -> TensorDataset:
     """torchvision's pickled CIFAR files under ``root`` (or ``root`` itself being their folder),
     read directly: no checksum, so a subset or a re-pickled copy loads too. When absent, they are
     downloaded through torchvision."""
-    folder_name = CIFAR_FILES[name][0]
-    folder = root if root.name == folder_name else root / folder_name
+    folder = cifar_folder(name, root)
     if not folder.is_dir():
         _download_cifar(name, root, download)
     return _read_cifar_pickles(name, folder)
@@ -161,33 +149,19 @@ def _download_cifar(name: str, root: Path, download: bool):
 
 
 def _read_cifar_pickles(name: str, folder: Path) -> TensorDataset:
-    _, train_glob, test_file, meta_file, names_key, labels_key = CIFAR_FILES[name]
-
-    def load(path: Path) -> dict:
-        try:
-            with open(path, "rb") as f:
-                return pickle.load(f, encoding="latin1")
-        except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-            raise UserError(f"cannot read {path} ({err}); is it one of torchvision's {name} files?") from None
+    _, train_glob, test_file, meta_file, names_key, _ = CIFAR_FILES[name]
 
     def split(paths: list, expected: str) -> ImageSet:
         if not paths:
             raise UserError(f"{folder} has no {expected}; expected torchvision's {name} files")
-        images, targets = [], []
-        for path in paths:
-            batch = load(path)
-            try:
-                images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                targets += list(batch[labels_key])
-            except (KeyError, ValueError, TypeError) as err:
-                raise UserError(f"{path} is not a {name} batch ({err!r})") from None
-        return ImageSet(torch.from_numpy(np.concatenate(images)), torch.tensor(targets, dtype=torch.int64))
+        images, targets = cifar_batches(name, paths)
+        return ImageSet(torch.from_numpy(images), torch.tensor(targets, dtype=torch.int64))
 
     train_paths = sorted(folder.glob(train_glob))
     test_paths = [folder / test_file] if (folder / test_file).is_file() else []
     train, test = split(train_paths, train_glob), split(test_paths, test_file)
     meta = folder / meta_file
-    classes = list(load(meta)[names_key]) if meta.is_file() else [str(c) for c in range(DATASETS[name])]
+    classes = list(read_pickle(meta, name)[names_key]) if meta.is_file() else [str(c) for c in range(DATASETS[name])]
     return TensorDataset(name, classes, train, test)
 
 

@@ -1,4 +1,4 @@
-"""User-facing errors: one line, exit code 2, no traceback."""
+"""User-facing errors: one line, exit code 2, no traceback; and warnings, one line each."""
 import os
 import sys
 import time
@@ -29,3 +29,7 @@ def exit_on_user_error(main):
             print(f"{f'[rank {rank}] ' if rank else ''}error: {err}", file=sys.stderr, flush=True)
             sys.exit(2)
     return wrapper
+
+
+def warn(message: str):
+    print(f"warning: {message}", file=sys.stderr)

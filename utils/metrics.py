@@ -10,7 +10,11 @@ C_old): the old model predicts with its C_old-way head, the updated model with i
 
 Uncertainty: ``flip_indicators`` gives the per-sample flips behind these rates, ``bootstrap``
 resamples test samples (a statistic of resampled arrays; several arrays share the indices, which
-makes a paired bootstrap) and ``percentile_interval`` turns the resampled values into an interval.
+makes a paired bootstrap), ``bootstrap_rates`` the rates of many indicators over the same
+resamples at once, and ``percentile_interval`` turns the resampled values into an interval.
+
+Margins: ``margins`` gives gamma = z_y - max_{j != y} z_j per sample (positive when the sample is
+classified right, the larger the safer from flipping).
 """
 from __future__ import annotations
 
@@ -101,6 +105,33 @@ def bootstrap(statistic, *arrays, resamples: int = 10000, seed: int = 0) -> np.n
     return np.concatenate(values)
 
 
+def resample_counts(n: int, resamples: int, seed: int = 0):
+    """The resamples of ``bootstrap`` (same seed, same draws) as counts: yields float32 (k, n)
+    matrices, row i counting how often each of the n samples is drawn in resample i, k rows at a
+    time. A rate over the resamples is then one matrix product for any number of indicators
+    (see ``bootstrap_rates``); the integer sums are exact in float32 below 2**24 samples."""
+    rng = np.random.default_rng(seed)
+    rows = max(1, BOOTSTRAP_CHUNK // n)
+    for start in range(0, resamples, rows):
+        k = min(rows, resamples - start)
+        idx = rng.integers(0, n, size=(k, n))
+        idx += np.arange(k)[:, None] * n  # row i's draws counted in its own n bins
+        yield np.bincount(idx.ravel(), minlength=k * n).reshape(k, n).astype(np.float32)
+
+
+def bootstrap_rates(indicators, resamples: int = 10000, seed: int = 0) -> np.ndarray:
+    """The rate (percent) of each column of the (n, m) boolean ``indicators`` in each of
+    ``resamples`` resamples of the n samples, as a (resamples, m) matrix: column j equals
+    ``bootstrap(rate, indicators[:, j], resamples=resamples, seed=seed)``, and every column comes
+    from the same resamples (paired), for the cost of one pass over them."""
+    indicators = np.asarray(indicators, dtype=np.float32)
+    n, m = indicators.shape
+    if n == 0:
+        return np.full((max(resamples, 0), m), math.nan)
+    sums = np.concatenate([counts @ indicators for counts in resample_counts(n, resamples, seed)])
+    return 100.0 * (sums.astype(np.float64) / n)
+
+
 def percentile_interval(values, confidence: float = 0.95):
     """The percentile interval [low, high] holding the central ``confidence`` share of
     ``values`` (NaNs, resamples where the statistic is undefined, left out; NaN if all are);
@@ -128,18 +159,45 @@ def rate(indicators) -> np.ndarray:
 
 
 def nfr_and_rel_nfr(negative, old_correct, new_correct) -> np.ndarray:
-    """NFR and Rel-NFR (percent) of each resample, as a (k, 2) matrix: a statistic for
-    ``bootstrap`` of the old-class samples' ``Flips`` (negative, old_correct, new_correct)."""
-    nfr = rate(negative)
-    return np.stack([nfr, relative_nfr(nfr, 100 - rate(old_correct), 100 - rate(new_correct))], axis=-1)
+    """NFR and Rel-NFR (percent) from resampled rates (percent) of the ``Flips`` indicators, as a
+    (k, 2) matrix (``bootstrap_rates`` gives the rates)."""
+    return np.stack([negative, relative_nfr(negative, 100 - old_correct, 100 - new_correct)], axis=-1)
 
 
 def flip_intervals(flips: Flips, resamples: int = 10000, confidence: float = 0.95, seed: int = 0) -> dict:
     """Bootstrap intervals of NFR and Rel-NFR over the old-class samples, from the same resamples:
     {"nfr": (low, high), "rel_nfr": (low, high)}."""
-    values = bootstrap(nfr_and_rel_nfr, flips.negative, flips.old_correct, flips.new_correct,
-                       resamples=resamples, seed=seed)
-    if values.ndim == 1:  # no old-class samples: nothing to resample
+    if len(flips.targets) == 0:  # no old-class samples: nothing to resample
         return {"nfr": (math.nan, math.nan), "rel_nfr": (math.nan, math.nan)}
-    (nfr_low, nfr_high), (rel_low, rel_high) = percentile_interval(values, confidence)
+    rates = bootstrap_rates(np.stack([flips.negative, flips.old_correct, flips.new_correct], axis=1),
+                            resamples, seed)
+    (nfr_low, nfr_high), (rel_low, rel_high) = percentile_interval(nfr_and_rel_nfr(*rates.T), confidence)
     return {"nfr": (float(nfr_low), float(nfr_high)), "rel_nfr": (float(rel_low), float(rel_high))}
+
+
+# Rows of logits turned into margins at a time: a float32 copy of 4096 rows x 1000 classes is 16 MB.
+MARGIN_CHUNK = 4096
+
+
+def margins(logits, targets) -> np.ndarray:
+    """gamma = z_y - max_{j != y} z_j per sample (float32), a tie giving 0. The rows are converted
+    in chunks, so that float16 logits of many classes are never copied whole."""
+    targets = np.asarray(targets, dtype=np.int64)
+    out = np.empty(len(targets), dtype=np.float32)
+    for start in range(0, len(targets), MARGIN_CHUNK):
+        z = np.array(logits[start:start + MARGIN_CHUNK], dtype=np.float32)
+        rows, y = np.arange(len(z)), targets[start:start + MARGIN_CHUNK]
+        own = z[rows, y].copy()
+        z[rows, y] = -np.inf
+        out[start:start + len(z)] = own - z.max(axis=1)
+    return out
+
+
+def margins_agreeing_with(pred, targets, margin) -> np.ndarray:
+    """``margin`` made to agree in sign with the predictions: at most 0 where ``pred`` is wrong, at
+    least 0 where it is right; a margin that contradicts its prediction is taken as a tie, 0.
+    Rounding the logits that gave the predictions (float16) keeps their order, so it can only
+    turn a margin into 0; a contradiction means predictions not made from these logits (other
+    code, another precision), and the stored prediction is what the flips count."""
+    right = np.asarray(pred) == np.asarray(targets)
+    return np.where(right, np.maximum(margin, 0), np.minimum(margin, 0)).astype(np.float32)

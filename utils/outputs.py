@@ -15,6 +15,7 @@ import numpy as np
 
 from utils.device import environment
 from utils.errors import UserError
+from utils.metrics import margins
 
 # Test logits are stored for up to this many classes (float16: 20 KB per 100 samples at 100
 # classes); above it, only with --save-logits.
@@ -66,10 +67,18 @@ def compact(logits: np.ndarray) -> np.ndarray:
 
 def write_predictions(path: Path, targets, scores, num_old: int, save_logits: bool = False):
     """Per-sample test predictions of an update (``utils.evaluation.Scores``): ``targets``,
-    ``old_pred``, ``pred`` and C_old (``num_old``); with the logits (``compact``) too where there
-    are at most LOGITS_MAX_CLASSES classes or with ``save_logits``."""
-    arrays = {"targets": np.asarray(targets).astype(np.int64), "old_pred": scores.old_pred.astype(np.int64),
-              "pred": scores.pred.astype(np.int64), "num_old": np.int64(num_old)}
+    ``old_pred``, ``pred``, C_old (``num_old``) and the margins z_y - max_{j != y} z_j of both
+    models (``margin``, ``old_margin``; float32, NaN for the old model on new-class samples),
+    taken from the fp32 logits that gave the predictions, so that a margin is below zero exactly
+    where the prediction is wrong (0 on a tie); with the logits (``compact``) too where there are
+    at most LOGITS_MAX_CLASSES classes or with ``save_logits``."""
+    targets = np.asarray(targets).astype(np.int64)
+    old = targets < num_old
+    old_margin = np.full(len(targets), np.nan, dtype=np.float32)
+    old_margin[old] = margins(scores.old_logits.numpy()[old], targets[old])
+    arrays = {"targets": targets, "old_pred": scores.old_pred.astype(np.int64),
+              "pred": scores.pred.astype(np.int64), "num_old": np.int64(num_old),
+              "margin": margins(scores.logits.numpy(), targets), "old_margin": old_margin}
     if save_logits or scores.logits.shape[1] <= LOGITS_MAX_CLASSES:
         arrays.update(logits=compact(scores.logits.numpy()), old_logits=compact(scores.old_logits.numpy()))
     tmp = path.with_name(f".{path.name}.tmp")  # then renamed, like every final file
@@ -79,16 +88,16 @@ def write_predictions(path: Path, targets, scores, num_old: int, save_logits: bo
 
 
 def results_record(role: str, metrics: dict, checkpoint, data, weights: str | None, config: dict,
-                   setting: dict | None = None) -> dict:
+                   setting: dict | None = None, device: str | None = None) -> dict:
     """The content of results.json: the metrics (validation ones under "val"), the model's
     checkpoint, the class split (``data``: utils.runner.RunData), the number of training images,
     the validation split and an old model's share of the images, the kind of experiment
     (``setting``: utils.runner.run_setting), the pretrained weights the model started from, the
-    settings and the software and hardware."""
+    settings and the software and hardware (of ``device``, by default the settings' own)."""
     record = {"role": role, **metrics, "checkpoint": str(checkpoint), "num_old": data.num_old,
               "num_classes": data.num_classes, "classes": data.classes, "train_size": len(data.dataset.train),
               "split": data.split}
     if data.old_data is not None:
         record["old_data"] = data.old_data
     return {**record, "setting": setting, "weights": weights, "config": config,
-            "environment": environment(config["device"])}
+            "environment": environment(device or config["device"])}

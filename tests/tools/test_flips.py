@@ -1,4 +1,5 @@
 """python -m tools.flips and its statistics on hand-made predictions with answers counted by hand."""
+import csv
 import json
 import math
 import subprocess
@@ -9,8 +10,8 @@ import pytest
 
 from conftest import REPO, assert_ok, script_env
 from tools import flips
-from utils.metrics import (bootstrap, bootstrap_interval, flip_indicators, flip_intervals, flip_metrics,
-                           percentile_interval, rate)
+from utils.metrics import (bootstrap, bootstrap_interval, bootstrap_rates, flip_indicators, flip_intervals,
+                           flip_metrics, margins, margins_agreeing_with, percentile_interval, rate)
 
 # Ten test samples, 4 classes, C_old = 2 (classes 0 and 1 are old); as in tests/utils/test_metrics.py.
 #   sample      0  1  2  3  4  5  6  7  8  9
@@ -130,34 +131,46 @@ def test_nfr_intervals_and_the_paired_difference():
     ci = flip_intervals(f, resamples=1000)
     assert ci["nfr"][0] < metrics["nfr"] < ci["nfr"][1]
     assert ci["rel_nfr"][0] < metrics["rel_nfr"] < ci["rel_nfr"][1]
-    # A second update differing on a few samples: the paired interval is much narrower than
-    # what two independent intervals would allow, and it holds the difference.
+    # The rates of several indicators over shared resamples: each column is what bootstrap()
+    # gives it alone with that seed, so columns of two runs differ as a paired bootstrap.
     pred_b = pred.copy()
     pred_b[:40] = targets[:40]
     fb = flip_indicators(targets, old_pred, pred_b, 2)
-    diff = rate(f.negative) - rate(fb.negative)
-    low, high = flips.paired_difference_interval(f.negative, fb.negative, resamples=1000)
-    assert low <= diff <= high and low > 0
-    assert high - low < 0.5 * (ci["nfr"][1] - ci["nfr"][0])
-    # Identical runs: no difference in any resample.
-    assert flips.paired_difference_interval(f.negative, f.negative, resamples=100) == (0.0, 0.0)
+    rates = bootstrap_rates(np.stack([f.negative, fb.negative], axis=1), resamples=1000, seed=5)
+    np.testing.assert_array_equal(rates[:, 1], bootstrap(rate, fb.negative, resamples=1000, seed=5))
+    np.testing.assert_array_equal(rates[:, 0] - rates[:, 1],
+                                  bootstrap(lambda x, y: rate(x) - rate(y), f.negative, fb.negative,
+                                            resamples=1000, seed=5))
+    # the paired interval is much narrower than what two independent intervals would allow
+    low, high = percentile_interval(rates[:, 0] - rates[:, 1])
+    assert 0 < low and high - low < 0.5 * (ci["nfr"][1] - ci["nfr"][0])
 
 
 def test_margins_hand_computed():
     logits = np.array([[3.0, 1.0, 0.5], [0.0, 2.0, 2.5], [1.0, 1.0, 0.0]])
     # sample 0, y=0: 3 - 1; sample 1, y=1: 2 - 2.5; sample 2, y=1: a tie, 1 - 1
-    np.testing.assert_allclose(flips.margins(logits, [0, 1, 1]), [2.0, -0.5, 0.0])
-    # four samples, C_old = 2: samples 0..2 old-class, sample 3 (class 2) left out
-    targets = [0, 1, 1, 2]
-    old_logits = np.array([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0], [5.0, 0.0]])  # margins 2, -1, 3
-    old_pred = [0, 0, 1, 0]                                                  # right on 0 and 2
-    new_logits = np.array([[0.0, 1.0, 0.0], [0.0, 4.0, 1.0], [0.0, 1.0, 2.0], [9.0, 0.0, 0.0]])
-    summary, values = flips.margin_summary(targets, old_pred, 2, new_logits, old_logits)  # new: -1, 3, -1
-    np.testing.assert_allclose(values["old"], [2.0, -1.0, 3.0])
-    np.testing.assert_allclose(values["new"], [-1.0, 3.0, -1.0])
+    np.testing.assert_allclose(margins(logits, [0, 1, 1]), [2.0, -0.5, 0.0])
+    # old model right on samples 0 and 2 of three old-class samples; updated margins -1, 3, -1
+    old_correct = np.array([True, False, True])
+    summary = flips.margin_summary(old_correct, np.array([-1.0, 3.0, -1.0]), np.array([2.0, -1.0, 3.0]))
     assert summary == {"old_model_median": 2.0, "median": -1.0, "share_below_zero_of_old_correct": 100.0}
-    summary, values = flips.margin_summary(targets, old_pred, 2, new_logits)
-    assert math.isnan(summary["old_model_median"]) and values["old"] is None
+    assert math.isnan(flips.margin_summary(old_correct, np.array([-1.0, 3.0, -1.0]))["old_model_median"])
+
+
+def test_margins_in_chunks_and_agreeing_with_the_predictions(monkeypatch):
+    import utils.metrics
+
+    rng = np.random.default_rng(0)
+    logits, targets = rng.normal(size=(50, 7)), rng.integers(0, 7, 50)
+    whole = margins(logits, targets)
+    monkeypatch.setattr(utils.metrics, "MARGIN_CHUNK", 8)
+    np.testing.assert_array_equal(margins(logits, targets), whole)
+    # predictions not made from these logits: a sample predicted right whose margin is -0.01, one
+    # predicted wrong whose margin is +0.01: both are taken as ties, 0; the others keep theirs
+    pred, targets = np.array([0, 1, 2, 0]), np.array([0, 0, 2, 1])
+    agreed = margins_agreeing_with(pred, targets, np.array([-0.01, 0.01, 1.5, -2.0]))
+    np.testing.assert_array_equal(agreed, np.array([0.0, 0.0, 1.5, -2.0], np.float32))
+    assert agreed[1] <= 0 <= agreed[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,33 +188,41 @@ def test_command_on_hand_made_runs(tmp_path, capsys):
     runs = report["runs"]
     assert [r["run"] for r in runs] == [str(a), str(b), str(c)]
     assert [r["method"] for r in runs] == ["MPT_KL", "No_Treatment", "PCT_KL"]
+    assert [r["label"] for r in runs] == ["MPT_KL-b4-seed0", "No_Treatment-seed0", "PCT_KL-seed0"]
     first = runs[0]
     assert first["n_old"] == 7
     expected = flip_metrics(TARGETS, OLD_PRED, PRED, 2)
     for key in ("nfr", "rel_nfr", "er_old", "er_all"):
         assert first[key] == pytest.approx(expected[key]), key
-    for key in ("nfr", "rel_nfr", "er_all"):
-        low, high = first[f"{key}_ci"]
-        assert low <= first[key] <= high, key
-    assert first["per_class"] == [
-        {"class": 0, "name": "cat", "n": 3, "nfr": pytest.approx(100 / 3), "pfr": 0.0},
-        {"class": 1, "name": "dog", "n": 4, "nfr": 25.0, "pfr": 25.0}]
-    assert first["flip_to"] == [[0, 1, 0, 0], [0, 0, 0, 1]]
+    # the intervals are those of utils.metrics for the same seed: NFR and Rel-NFR over the
+    # old-class samples, ER(Y_all) over all of them
+    f = flip_indicators(TARGETS, OLD_PRED, PRED, 2)
+    expected_ci = flip_intervals(f, resamples=500, seed=0)
+    assert first["nfr_ci"] == pytest.approx(list(expected_ci["nfr"]))
+    assert first["rel_nfr_ci"] == pytest.approx(list(expected_ci["rel_nfr"]))
+    assert first["er_all_ci"] == pytest.approx(list(bootstrap_interval(rate, np.array(PRED) != np.array(TARGETS),
+                                                                         resamples=500, seed=0)))
+    assert first["per_class"] == {"name": ["cat", "dog"], "n": [3, 4], "nfr": [pytest.approx(100 / 3), 25.0],
+                                  "pfr": [0.0, 25.0]}
+    assert first["flip_to"] == [[0, 1, 1], [1, 3, 1]]  # cat -> dog once, dog -> ship once
+    assert first["flips_to_new_classes"] == 50.0
     assert "margin" not in first  # no logits saved
     # b: samples 0 (cat -> dog) and 9 (dog -> cat) flip as well, sample 2 too: NFR 4/7.
     assert runs[1]["nfr"] == pytest.approx(400 / 7)
     # Only a and b share the old model's predictions.
-    assert [(p["a"], p["b"]) for p in report["pairs"]] == [(0, 1)]
+    assert [(p["a"], p["b"]) for p in report["pairs"]] == [("MPT_KL-b4-seed0", "No_Treatment-seed0")]
     pair = report["pairs"][0]
     assert pair["nfr_diff"] == pytest.approx(200 / 7 - 400 / 7)
     assert pair["nfr_diff_ci"][0] <= pair["nfr_diff"] <= pair["nfr_diff_ci"][1]
     # a's flips (samples 1, 2) are among b's (0, 1, 2, 9): n01 = 0, n10 = 2, p = 2 / 4
     assert (pair["n01"], pair["n10"], pair["mcnemar_p"]) == (0, 2, pytest.approx(0.5))
+    assert pair["p_holm"] == pytest.approx(0.5)  # one pair: nothing to adjust
     md = (out / "flips.md").read_text()
+    assert md.startswith("### Groups")
     assert "cat -> dog: 1" in md and "dog -> ship: 1" in md
-    assert "| 0 | 1 |" in md
-    for png in ("per_class_nfr.png", "flip_matrix_0.png", "flip_matrix_1.png", "flip_matrix_2.png"):
-        assert (out / png).stat().st_size > 0, png
+    assert "| MPT_KL-b4-seed0 | No_Treatment-seed0 |" in md
+    for label in ("MPT_KL-b4-seed0", "No_Treatment-seed0", "PCT_KL-seed0"):
+        assert (out / f"flip_matrix_{label}.png").stat().st_size > 0, label
     assert not (out / "margins.png").exists()
 
 
@@ -214,6 +235,7 @@ def test_nan_is_written_as_null(tmp_path):
     assert "NaN" not in text
     entry = strict_json(tmp_path / "out" / "flips.json")["runs"][0]
     assert entry["rel_nfr"] is None and entry["rel_nfr_ci"] == [None, None]
+    assert entry["flips_to_new_classes"] is None  # no flips to share out
     assert entry["nfr"] == 0.0 and entry["er_old"] == 0.0
 
 
@@ -246,7 +268,6 @@ def test_number_of_old_classes(tmp_path, results_num_old, arrays, classes, old_f
                     npz=arrays)
     loaded = flips.load_run(str(run))
     assert loaded["num_old"] == expected
-    assert len(flips.analyse(loaded, 20, 0.95, 0)["per_class"]) == expected
 
 
 def call_flips(capsys, *args) -> subprocess.CompletedProcess:
@@ -279,6 +300,7 @@ def test_other_roles_are_skipped_and_errors_are_one_line(tmp_path, capsys):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "results.json" in proc.stderr
 
 
+@pytest.mark.slow
 def test_module_command_line(tmp_path):
     run = write_run(tmp_path / "r")
     proc = subprocess.run([sys.executable, "-m", "tools.flips", str(run), "--out", str(tmp_path / "out"),
@@ -300,3 +322,246 @@ def test_results_without_a_role_count_as_an_update(tmp_path, capsys):
     assert proc.returncode == 0 and "skipping" not in proc.stderr
     entry = strict_json(tmp_path / "out" / "flips.json")["runs"][0]
     assert entry["method"] == "MyMethod" and entry["nfr"] == pytest.approx(200 / 7)
+
+
+# ---------------------------------------------------------------------------------------------
+# A study: labels, groups over seeds, Holm, --baseline, flips.csv, the b sweep, the images
+# ---------------------------------------------------------------------------------------------
+def test_holm_against_a_hand_worked_example():
+    # sorted 0.01, 0.02, 0.03, 0.5 scaled by 4, 3, 2, 1: 0.04, 0.06, 0.06, 0.5 (running maximum)
+    assert flips.holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    # 0.04 x 3 = 0.12, then 0.04 x 2 = 0.08 raised to the running maximum 0.12; 0.9 x 1
+    assert flips.holm([0.04, 0.04, 0.9]) == pytest.approx([0.12, 0.12, 0.9])
+    # 0.6 x 2 capped at 1, and 0.7 x 1 raised to it
+    assert flips.holm([0.7, 0.6]) == pytest.approx([1.0, 1.0])
+    assert flips.holm([]) == []
+
+
+def test_welch_interval_is_scipys():
+    from scipy.stats import ttest_ind
+
+    a, b = [6.1, 6.1, 7.3], [15.42, 17.62]
+    diff, (low, high), p = flips.welch(a, b, 0.9)
+    expected = ttest_ind(a, b, equal_var=False)
+    assert diff == pytest.approx(np.mean(a) - np.mean(b))
+    assert (low, high) == pytest.approx(tuple(expected.confidence_interval(0.9)))
+    assert p == pytest.approx(expected.pvalue)
+    # no spread on either side: Welch has no degrees of freedom, so no interval
+    diff, interval, p = flips.welch([6.1, 6.1], [15.4, 15.4], 0.95)
+    assert diff == pytest.approx(-9.3) and all(map(math.isnan, interval)) and math.isnan(p)
+
+
+def test_method_hyperparameters_read_without_torch_equal_the_registry():
+    from methods import declared_defaults, method_names
+    from tools.run_labels import dataset_defaults, declared_hyperparameters, not_identity
+    from utils.cli import DATASET_DEFAULTS, NOT_IDENTITY
+
+    assert declared_hyperparameters() == {m: declared_defaults(m) for m in method_names()}
+    assert dataset_defaults() == DATASET_DEFAULTS and not_identity() == NOT_IDENTITY
+
+
+def test_labels_name_the_settings_that_differ():
+    from tools.run_labels import labels
+
+    configs = [{"dataset": "cifar100", "b": 2.0, "tau": 5.0, "seed": 1, "arch": "resnet18"},
+               {"dataset": "cifar100", "b": 4.0, "tau": 2.0, "seed": 1, "arch": "resnet18"},
+               {"dataset": "imagenet", "b": 1.5, "seed": 7, "arch": "resnet50"},
+               {"dataset": "cifar100", "b": 4.0, "lm_weight": 0.1, "seed": 1, "arch": "resnet18"}]
+    names = labels(["MPT_KL", "MPT_KL", "PCT_KL", "PCT_KL"], configs)
+    assert [n.label for n in names] == [
+        "MPT_KL-b2-arch=resnet18-dataset=cifar100-seed1",
+        "MPT_KL-b4-tau2-arch=resnet18-dataset=cifar100-seed1",   # tau off its default of 5
+        "PCT_KL-arch=resnet50-dataset=imagenet-seed7",           # PCT_KL takes no b
+        "PCT_KL-arch=resnet18-dataset=cifar100-seed1"]           # nor lm_weight
+    assert [n.curve for n in names[:2]] == ["MPT_KL-arch=resnet18-dataset=cifar100",
+                                            "MPT_KL-tau2-arch=resnet18-dataset=cifar100"]
+    # the same run twice: still two labels
+    twice = labels(["No_Treatment"] * 2, [{"seed": 3}] * 2)
+    assert [n.label for n in twice] == ["No_Treatment-seed3", "No_Treatment-seed3#2"]
+
+
+# 12 test samples, 6 classes, C_old = 3; the old model right on samples 0-7, wrong on 8.
+STUDY_TARGETS = [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 4, 5]
+STUDY_OLD = [0, 0, 0, 1, 1, 1, 2, 2, 1, 3, 3, 3]
+# Which of the old model's right samples (0-7) each run flips, and to what; the rest it gets right.
+STUDY = {  # (method, b, seed): {sample: updated prediction}
+    ("MPT_KL", 2.0, 1): {0: 3},
+    ("MPT_KL", 2.0, 2): {0: 3, 1: 4},
+    ("MPT_KL", 2.0, 3): {0: 4, 4: 0, 6: 5},
+    ("MPT_KL", 4.0, 1): {0: 1},
+    ("MPT_KL", 4.0, 2): {},
+    ("No_Treatment", 4.0, 1): {0: 3, 1: 3, 3: 4, 6: 1},
+    ("No_Treatment", 4.0, 2): {0: 3, 2: 5, 3: 4, 6: 1, 7: 0},
+}
+
+
+def write_study(root):
+    folders = []
+    for (method, b, seed), flipped in STUDY.items():
+        pred = [t if t < 3 or i >= 9 else t for i, t in enumerate(STUDY_TARGETS)]
+        for sample, to in flipped.items():
+            pred[sample] = to
+        run = write_run(root / f"{method}-{b:g}-{seed}", targets=STUDY_TARGETS, old_pred=STUDY_OLD, pred=pred,
+                        method=method, num_old=3, classes=list("abcdef"))
+        results = json.loads((run / "results.json").read_text())
+        results["config"].update(b=b, seed=seed)
+        (run / "results.json").write_text(json.dumps(results))
+        folders.append(run)
+    return folders
+
+
+def test_a_study_of_seven_runs(tmp_path):
+    runs = write_study(tmp_path / "runs")
+    out = tmp_path / "out"
+    report = flips.main([*map(str, runs), "--out", str(out), "--resamples", "200"])
+    assert [r["label"] for r in report["runs"]] == [
+        "MPT_KL-b2-seed1", "MPT_KL-b2-seed2", "MPT_KL-b2-seed3", "MPT_KL-b4-seed1", "MPT_KL-b4-seed2",
+        "No_Treatment-seed1", "No_Treatment-seed2"]
+    groups = {g["label"]: g for g in report["groups"]}
+    assert list(groups) == ["MPT_KL-b2", "MPT_KL-b4", "No_Treatment"]
+    # NFR over the 9 old-class samples: b2 flips 1, 2, 3 samples; b4 1, 0; No_Treatment 4, 5
+    for label, counts in (("MPT_KL-b2", [1, 2, 3]), ("MPT_KL-b4", [1, 0]), ("No_Treatment", [4, 5])):
+        nfr = [100 * c / 9 for c in counts]
+        assert groups[label]["n"] == len(counts)
+        assert groups[label]["nfr_mean"] == pytest.approx(np.mean(nfr))
+        assert groups[label]["nfr_sd"] == pytest.approx(np.std(nfr, ddof=1))
+    assert groups["MPT_KL-b2"]["runs"] == ["MPT_KL-b2-seed1", "MPT_KL-b2-seed2", "MPT_KL-b2-seed3"]
+    # sample 0 flips in every b2 run; samples 0, 3 and 6 in both No_Treatment runs; none in both b4 runs
+    assert [groups[g]["flip_in_every_run"] for g in groups] == [1, 0, 3]
+    # class a (samples 0-2) of b2: 1/3, 2/3, 1/3 flipped
+    assert groups["MPT_KL-b2"]["per_class_nfr_mean"][0] == pytest.approx(100 * 4 / 9)
+    assert groups["MPT_KL-b2"]["per_class_nfr_sd"][0] == pytest.approx(np.std([100 / 3, 200 / 3, 100 / 3], ddof=1))
+    # into new classes (3, 4, 5): b2 seed 3 sends 2 of its 3 flips there
+    assert report["runs"][2]["flips_to_new_classes"] == pytest.approx(200 / 3)
+    # every pair of the 7 runs, each with its McNemar p adjusted by Holm over the 21
+    assert len(report["pairs"]) == 21
+    p = [x["mcnemar_p"] for x in report["pairs"]]
+    assert [x["p_holm"] for x in report["pairs"]] == pytest.approx(flips.holm(p))
+    # Welch between the groups of >= 2 runs: all three
+    assert [(c["a"], c["b"]) for c in report["group_comparisons"]] == [
+        ("MPT_KL-b2", "MPT_KL-b4"), ("MPT_KL-b2", "No_Treatment"), ("MPT_KL-b4", "No_Treatment")]
+    # flips.csv: the 9 old-class samples, each flip count by hand
+    with open(out / "flips.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["index"]) for r in rows] == list(range(9))
+    by_hand = [sum(s in flipped for flipped in STUDY.values()) for s in range(9)]
+    assert [int(r["flips"]) for r in rows] == by_hand == [6, 2, 1, 2, 1, 0, 3, 1, 0]
+    assert rows[0]["true_name"] == "a" and rows[0]["pred[MPT_KL-b2-seed3]"] == "4"
+    assert (out / "nfr_vs_b.png").stat().st_size > 0
+    assert (out / "flip_matrix_MPT_KL-b4-seed2.png").is_file()
+    md = (out / "flips.md").read_text()
+    assert md.index("| MPT_KL-b2 | 3 |") < md.index("| MPT_KL-b2-seed1 |")
+
+
+def test_baseline_pairs_only_with_it(tmp_path):
+    runs = write_study(tmp_path / "runs")
+    report = flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "100",
+                         "--baseline", "No_Treatment-seed1"])
+    assert [(p["a"], p["b"]) for p in report["pairs"]] == [
+        (label, "No_Treatment-seed1") for label in ("MPT_KL-b2-seed1", "MPT_KL-b2-seed2", "MPT_KL-b2-seed3",
+                                                    "MPT_KL-b4-seed1", "MPT_KL-b4-seed2", "No_Treatment-seed2")]
+    assert [x["p_holm"] for x in report["pairs"]] == pytest.approx(flips.holm([x["mcnemar_p"] for x in report["pairs"]]))
+    assert [(c["a"], c["b"]) for c in report["group_comparisons"]] == [
+        ("MPT_KL-b2", "No_Treatment"), ("MPT_KL-b4", "No_Treatment")]
+    # the folder works as well as the label
+    again = flips.main([*map(str, runs), "--out", str(tmp_path / "out2"), "--resamples", "100",
+                        "--baseline", str(runs[5])])
+    assert again["pairs"] == report["pairs"]
+
+
+def test_baseline_must_be_one_of_the_runs(tmp_path, capsys):
+    runs = write_study(tmp_path / "runs")
+    proc = call_flips(capsys, *runs[:2], "--out", tmp_path / "out", "--baseline", "PCT_KL-seed9")
+    assert proc.returncode == 2 and "PCT_KL-seed9" in proc.stderr and "MPT_KL-b2-seed1" in proc.stderr
+
+
+def test_flipped_samples_from_an_image_folder(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for i, (t, name) in enumerate(zip(STUDY_TARGETS, "abcdef" * 2)):
+        folder = root / "test" / "abcdef"[t]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (20 * i, 0, 0)).save(folder / f"{i:04d}.png")
+    runs = write_study(tmp_path / "runs")
+    flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "20", "--data-root", str(root)])
+    with open(tmp_path / "out" / "flips.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows[:4]] == ["test/a/0000.png", "test/a/0001.png", "test/a/0002.png",
+                                             "test/b/0003.png"]
+    assert (tmp_path / "out" / "flipped_samples.png").stat().st_size > 0
+
+
+def test_test_images_of_torchvision_cifar_pickles(tmp_path):
+    import pickle
+
+    from utils.image_files import TestImages
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": data, "labels": [3, 1]}, f)
+    images = TestImages("cifar10", tmp_path)
+    assert images.paths is None and images.targets.tolist() == [3, 1]
+    # CHW rows of the pickle, shown as HWC
+    np.testing.assert_array_equal(images.image(1), data[1].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def test_large_class_counts_get_top_confusions_and_compact_json(tmp_path):
+    rng = np.random.default_rng(0)
+    n, classes = 3000, 80
+    targets = rng.integers(0, classes, n)
+    old_pred = np.where(rng.random(n) < 0.7, targets, rng.integers(0, 40, n))
+    pred = np.where(rng.random(n) < 0.6, targets, rng.integers(0, classes, n))
+    run = write_run(tmp_path / "r", targets=targets, old_pred=old_pred, pred=pred, num_old=40,
+                    classes=[f"c{i}" for i in range(classes)], dataset="cifar100")
+    report = flips.main([str(run), "--out", str(tmp_path / "out"), "--resamples", "20"])
+    out = tmp_path / "out"
+    assert (out / "top_confusions.png").is_file() and not list(out.glob("flip_matrix_*"))
+    triples = report["runs"][0]["flip_to"]
+    assert sum(t[2] for t in triples) == flip_indicators(targets, old_pred, pred, 40).negative.sum()
+    text = (out / "flips.json").read_text()
+    assert len(text.splitlines()) < 100  # numbers on lines of their own would be thousands of lines
+    assert strict_json(out / "flips.json") == report
+
+
+@pytest.mark.slow
+def test_import_leaves_torch_unloaded():
+    proc = subprocess.run([sys.executable, "-c", "import sys, tools.flips, tools.flip_figures; "
+                           "print('torch' in sys.modules)"], cwd=REPO, env=script_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert_ok(proc)
+    assert proc.stdout.strip() == "False"
+
+
+def test_the_kind_of_update_names_runs_apart(tmp_path):
+    """Runs of a data-growth update and a class-incremental one (results.json's "setting") never
+    share a label or a group."""
+    runs = write_study(tmp_path / "runs")[5:]
+    results = json.loads((runs[1] / "results.json").read_text())
+    results["setting"] = {"old_fraction": 0.5, "old_data_fraction": 0.5}
+    results["config"]["seed"] = 1
+    (runs[1] / "results.json").write_text(json.dumps(results))
+    report = flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "20"])
+    assert [r["label"] for r in report["runs"]] == ["No_Treatment-old_data_fraction=1-seed1",
+                                                    "No_Treatment-old_data_fraction=0.5-seed1"]
+    assert len(report["groups"]) == 2
+
+
+def test_stored_margins_come_before_the_logits(tmp_path):
+    """A predictions.npz with fp32 margins (main.py now writes them) is read for them, not for
+    its float16 logits; the old model's NaN margins on new-class samples are never read."""
+    n = len(TARGETS)
+    margin = np.where(np.array(PRED) == np.array(TARGETS), 3.0, -3.0).astype(np.float32)
+    old_margin = np.where(np.array(OLD_PRED) == np.array(TARGETS), 0.5, -0.5).astype(np.float32)
+    old_margin[np.array(TARGETS) >= 2] = np.nan
+    logits = np.zeros((n, 4), np.float16)  # all ties: margins 0 if they were read
+    run = write_run(tmp_path / "r", npz={"margin": margin, "old_margin": old_margin, "logits": logits})
+    report = flips.main([str(run), "--out", str(tmp_path / "out"), "--resamples", "20"])
+    assert report["runs"][0]["margin"] == {"old_model_median": 0.5, "median": 3.0,
+                                           "share_below_zero_of_old_correct": pytest.approx(40.0)}
+    with open(tmp_path / "out" / "flips.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["margin[MPT_KL-b4-seed0]"] for r in rows[:3]] == ["3", "-3", "-3"]
+    assert rows[0]["old_margin"] == "0.5"

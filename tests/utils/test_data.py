@@ -12,7 +12,7 @@ from torchvision import transforms
 from torchvision.io import write_png
 
 from conftest import write_cifar_pickles
-from utils.data import load_dataset, num_old_classes, stratified_split
+from utils.data import load_dataset, stratified_split
 from utils.inputs import (CIFAR_MEAN, CIFAR_STD, BatchPlan, ImageSet, Normalize, SeededBatches, TrainLoader,
                           random_crop_flip, sample_seed)
 from utils.errors import UserError
@@ -340,19 +340,6 @@ def test_broken_torchvision_pickles_are_named(tmp_path):
     (folder / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="cannot read .*test_batch"):
         load_dataset("cifar10", tmp_path)
-
-
-def test_num_old_classes():
-    assert num_old_classes(100, 0.5) == 50
-    assert num_old_classes(10, 0.5) == 5
-    assert num_old_classes(10, 0.3) == 3
-    assert num_old_classes(10, 1.0) == 10  # a same-class update: every class is old
-    for fraction in (0.0, 1.5, -0.5):
-        with pytest.raises(UserError, match=r"\(0, 1\]"):
-            num_old_classes(10, fraction)
-    for fraction in (0.01, 0.99):  # below 1, a fraction must leave an old and a new class
-        with pytest.raises(UserError, match="at least one old and one new class"):
-            num_old_classes(10, fraction)
 
 
 def test_stratified_split_holds_out_a_fraction_of_every_class():

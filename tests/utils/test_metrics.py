@@ -86,13 +86,14 @@ def test_error_rate():
 
 @pytest.mark.parametrize("num_classes, fraction, expected", [
     (10, 0.5, 5), (100, 0.5, 50), (1000, 0.5, 500), (10, 0.3, 3), (100, 0.1, 10), (10, 0.9, 9),
+    (10, 1.0, 10),  # a same-class update: every class is old
 ])
 def test_num_old_classes(num_classes, fraction, expected):
     assert num_old_classes(num_classes, fraction) == expected
 
 
 @pytest.mark.parametrize("num_classes, fraction", [
-    (10, 0.0), (10, 1.0), (10, -0.5), (10, 1.5), (10, math.nan),
+    (10, 0.0), (10, -0.5), (10, 1.5), (10, math.nan),
     (10, 0.04),   # no old class left
     (10, 0.96),   # no new class left
 ])

@@ -1,0 +1,97 @@
+"""Where a data set's images lie on disk and how they are read with numpy and PIL alone (no
+torch): the training code (utils/data.py) and the flip analysis (tools/flips.py, which shows the
+test images that flip) list and order them here, so that a test-set index means the same image in
+both.
+
+    image folders   <root>/<split>/<class>/<image>: sorted class names give the class indices,
+                    sorted file names the order within a class (ImageNet: split "val")
+    torchvision's   the pickled CIFAR batches, in the files' own order
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from utils.errors import UserError
+
+# Number of classes of each data set; ImageNet's comes from its folders (tests use a few classes).
+DATASETS = {"cifar10": 10, "cifar100": 100, "imagenet": None}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
+# The test split's folder in an image-folder layout.
+TEST_SPLIT = {"cifar10": "test", "cifar100": "test", "imagenet": "val"}
+
+# torchvision's CIFAR layout: the extracted folder, its training and test files, the class names.
+CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", "data_batch_*", "test_batch", "batches.meta", "label_names", "labels"),
+    "cifar100": ("cifar-100-python", "train", "test", "meta", "fine_label_names", "fine_labels"),
+}
+
+
+def class_images(folder: Path) -> list[Path]:
+    """The images of one class folder, in the order that gives them their indices."""
+    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def cifar_folder(name: str, root: Path) -> Path:
+    """The folder of torchvision's pickled files: under ``root``, or ``root`` itself."""
+    folder_name = CIFAR_FILES[name][0]
+    return root if root.name == folder_name else root / folder_name
+
+
+def read_pickle(path: Path, name: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise UserError(f"cannot read {path} ({err}); is it one of torchvision's {name} files?") from None
+
+
+def cifar_batches(name: str, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
+    """The uint8 (N, 3, 32, 32) images and the labels of torchvision's pickled batch files."""
+    labels_key = CIFAR_FILES[name][5]
+    images, targets = [], []
+    for path in paths:
+        batch = read_pickle(path, name)
+        try:
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            targets += list(batch[labels_key])
+        except (KeyError, ValueError, TypeError) as err:
+            raise UserError(f"{path} is not a {name} batch ({err!r})") from None
+    return np.concatenate(images), targets
+
+
+class TestImages:
+    """The test images of ``dataset`` under ``root``, by test-set index: ``paths`` (relative to
+    ``root``; None for the pickled CIFAR files), ``targets`` (each image's class, from where it
+    lies) and ``image(i)``, an (H, W, 3) uint8 array."""
+
+    def __init__(self, dataset: str, root: str | Path):
+        root = Path(root)
+        if dataset not in TEST_SPLIT:
+            raise UserError(f"unknown data set {dataset!r}; choose one of: {', '.join(TEST_SPLIT)}")
+        self.root, self.paths, self._pixels = root, None, None
+        folder = root / TEST_SPLIT[dataset]
+        if folder.is_dir():
+            classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+            files = [(f, c) for c, name in enumerate(classes) for f in class_images(folder / name)]
+            self.paths = [f.relative_to(root).as_posix() for f, _ in files]
+            self.targets = np.array([c for _, c in files], dtype=np.int64)
+        elif dataset in CIFAR_FILES and (cifar_folder(dataset, root) / CIFAR_FILES[dataset][2]).is_file():
+            pickles = cifar_folder(dataset, root)
+            self._pixels, targets = cifar_batches(dataset, [pickles / CIFAR_FILES[dataset][2]])
+            self.targets = np.asarray(targets, dtype=np.int64)
+        else:
+            raise UserError(f"no {dataset} test images under {root}: expected {folder}/<class>/<image>"
+                            + (f" or torchvision's {CIFAR_FILES[dataset][0]}/" if dataset in CIFAR_FILES else ""))
+
+    def __len__(self):
+        return len(self.targets)
+
+    def image(self, index: int) -> np.ndarray:
+        if self._pixels is not None:
+            return self._pixels[index].transpose(1, 2, 0)
+        with Image.open(self.root / self.paths[index]) as im:
+            return np.asarray(im.convert("RGB"))

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from models import build_model as build_architecture
 from utils import distributed as dist
-from utils.checkpoint import atomic_save, load_model, model_checkpoint
+from utils.checkpoint import atomic_save, load_model, model_checkpoint, old_model_setting
 from utils.data import (Dataset, input_spec, load_dataset, num_old_classes, old_data_subset,
                         validation_split)
 from utils.device import fast_teachers, prefers_channels_last, setup_device
@@ -184,12 +184,10 @@ def load_references(args, mitigation: Mitigation, data: RunData, model: nn.Modul
 
     uses = mitigation.method.references
     old = load(mitigation.old_ckpt, "old", data.num_old)
-    old_data = checkpoints["old"].get("old_data") or {"old_data_fraction": 1.0}
-    old_setting = {"old_arch": checkpoints["old"]["arch"], "old_data_fraction": old_data["old_data_fraction"]}
     new = load(mitigation.new_ckpt, "new", data.num_classes) if "new" in uses else None
     members = [load(p, "ensemble", data.num_classes) for p in mitigation.ensemble] if "ensemble" in uses else []
     teachers = build_teachers(uses, device, fast_teachers(device, args.precision), old, new, members)
-    return References(old, teachers, old_setting)
+    return References(old, teachers, old_model_setting(checkpoints["old"]))
 
 
 def prepare_loss(method, num_old: int):

@@ -1,5 +1,6 @@
-"""--dataset imagenet: JPEG folders through DataLoaders, the ImageNet recipe's defaults, and the
-three scripts end to end on a few-class folder."""
+"""--dataset imagenet: JPEG folders through DataLoaders, the ImageNet recipe's defaults, the
+three scripts end to end on a few-class folder, and per-sample augmentation: the same metrics
+for any --workers and after a resume."""
 import argparse
 import json
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import main
-from conftest import run_inline
+from conftest import assert_ok, kill_after_first_epoch, run_inline, run_script, script_command, script_env
 from utils.checkpoint import read_checkpoint
 from utils.cli import parse, take_method_flags
 from utils.data import load_dataset
@@ -51,6 +52,27 @@ def test_folder_loaders_shard_the_splits_and_keep_the_old_classes(tiny_imagenet)
     assert torch.equal(shards[0].targets["test"], old.test.targets)
 
 
+def test_each_process_gets_its_share_of_the_one_process_batches_with_the_same_crops(tiny_imagenet):
+    """24 images in batches of 9 over 3 processes (the last 6 shared 2 each): each process gets
+    rows r, r + 3, ... of every global batch, each image cropped and flipped as in one process
+    (from its own seed, not from a random stream of its process or loader worker)."""
+    data = load_dataset("imagenet", tiny_imagenet)
+    args = argparse.Namespace(image_size=32, batch_size=9, seed=0, workers=0, eval_batch_size=8)
+
+    def epoch(rank, world):
+        loader = data.inputs(args, torch.device("cpu"), rank, world).train_loader
+        loader.set_epoch(1)
+        return list(loader)
+
+    single = epoch(0, 1)
+    assert [len(y) for _, y in single] == [9, 9, 6]
+    shards = [epoch(rank, 3) for rank in range(3)]
+    for rank, shard in enumerate(shards):
+        assert len(shard) == 3
+        for (x, y), (xs, ys) in zip(single, shard):
+            assert torch.equal(ys, y[rank::3]) and torch.equal(xs, x[rank::3])
+
+
 @pytest.mark.slow
 def test_three_scripts_on_an_imagenet_folder(tiny_imagenet, tmp_path):
     common = ["--dataset", "imagenet", "--data-root", tiny_imagenet, "--epochs", 1, "--batch-size", 4,
@@ -73,3 +95,41 @@ def test_missing_val_folder_is_a_user_error(tmp_path):
         run_inline("train_old_model.py", "--dataset", "imagenet", "--data-root", tmp_path, "--device", "cpu",
                    "--output-dir", tmp_path / "out")
     assert exit_info.value.code == 2
+
+
+def imagenet_flags(data_root, workers: int) -> list:
+    return ["--dataset", "imagenet", "--data-root", data_root, "--epochs", 2, "--batch-size", 4,
+            "--image-size", 32, "--workers", workers, "--device", "cpu"]
+
+
+def run_outcome(run_dir):
+    """What a run computed: its results and epoch records without paths and wall-clock times."""
+    results = json.loads((run_dir / "results.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return ({k: v for k, v in results.items() if k not in ("checkpoint", "config")},
+            [{k: v for k, v in r.items() if k != "seconds"} for r in records])
+
+
+@pytest.mark.slow
+def test_imagenet_metrics_do_not_depend_on_the_loader_workers(tiny_imagenet, tmp_path):
+    """Each sample's crop and flip come from (seed, epoch, index), not from the worker that
+    decodes it (workers take their seeds from the DataLoader, one stream per worker)."""
+    for workers in (0, 2):
+        run_inline("train_old_model.py", *imagenet_flags(tiny_imagenet, workers), "--output-dir",
+                   tmp_path / f"w{workers}", "--save", tmp_path / f"w{workers}.pth")
+    assert run_outcome(tmp_path / "w0") == run_outcome(tmp_path / "w2")
+
+
+@pytest.mark.slow
+def test_imagenet_run_killed_after_an_epoch_and_resumed_equals_the_uninterrupted_run(tiny_imagenet, tmp_path):
+    """With loader workers, whose random streams a resumed run would start afresh."""
+    flags = imagenet_flags(tiny_imagenet, workers=2)
+    reference, run_dir = tmp_path / "reference", tmp_path / "run"
+    assert_ok(run_script("train_old_model.py", *flags, "--output-dir", reference, "--save", reference / "old.pth"))
+    kill_after_first_epoch(script_command("train_old_model.py", *flags, "--output-dir", run_dir,
+                                          "--save", run_dir / "old.pth"), run_dir, script_env())
+    resumed = run_script("train_old_model.py", *flags, "--output-dir", run_dir, "--save", run_dir / "old.pth",
+                         "--resume")
+    assert_ok(resumed)
+    assert "epoch 1/2" not in resumed.stdout   # it continued from the saved epoch
+    assert run_outcome(run_dir) == run_outcome(reference)

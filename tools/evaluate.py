@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from utils.checkpoint import load_model, read_checkpoint
+from utils.checkpoint import load_model, old_model_setting, read_checkpoint
 from utils.cli import base_parser, validate
 from utils.data import input_spec
 from utils.device import setup_device
@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
     inputs = data.dataset.inputs(args, device)
     header = read_checkpoint(args.ckpt, "trained")
     load = dict(dataset=args.dataset, inputs=input_spec(args))
-    old = load_model(args.old_ckpt, "old", num_classes=data.num_old, num_old=data.num_old, **load)[0]
+    old, old_ckpt = load_model(args.old_ckpt, "old", num_classes=data.num_old, num_old=data.num_old, **load)
     model, ckpt = load_model(args.ckpt, header.get("role", "update"), num_classes=data.num_classes,
                              num_old=data.num_old, **load)
     with torch.no_grad():
@@ -89,7 +89,8 @@ def main(argv=None) -> dict:
               **(ckpt.get("config") or {})}
     write_json(out_dir / "results.json", {
         **results_record("update", scores.metrics, args.ckpt, data, ckpt.get("weights"), config,
-                         device=args.device),
+                         setting={"old_fraction": args.old_fraction, "arch": ckpt["arch"],
+                                  **old_model_setting(old_ckpt)}, device=args.device),
         "evaluated": {"role": ckpt.get("role"), "old_checkpoint": args.old_ckpt, "flags": given}})
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'predictions.npz'}")
     return scores.metrics

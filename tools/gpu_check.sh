@@ -15,7 +15,12 @@
 #      old and new reference models trained once (fp32, seed 42), then No_Treatment and MPT_KL
 #      (b = B) with --precision fp32 and bf16 for each seed: a table of mean +- sample std of
 #      ER(Y_old), ER(Y_all), NFR and Rel-NFR per (method, precision), and bf16 - fp32 by seed.
-# Expected to take about 15 minutes on one H100 with the defaults (an estimate: not yet timed).
+#   4. scaling: one CIFAR-10 epoch of the new reference model on 1 GPU and, where there are two,
+#      on 2 GPUs under torchrun (DDP + SyncBatchNorm), and --compile under torchrun on 2 GPUs.
+#   5. paths: one epoch each of --fast, --data-pipeline pil, --freeze-backbone, and ELODI (two
+#      ensemble members, no warm-up) with --precision bf16.
+# The report says which parts were skipped and why (e.g. one GPU only).
+# Expected to take about 20 minutes on one H100 with the defaults (an estimate: not yet timed).
 #
 # environment:
 #   EPOCHS=3            epochs of every model of the study
@@ -24,11 +29,12 @@
 #   PARALLEL=4          study runs sharing the GPU at a time (the per-epoch seconds in their logs
 #                       are then not throughput figures; stage 2 measures throughput alone)
 #   BENCH_FLAGS=""      extra flags of every benchmark command (e.g. "--repeats 1")
-#   STAGES="tests bench study"  the stages to run
+#   STAGES="tests bench study scaling paths"  the stages to run
 #   OUT=runs/gpu_check/<date-time>  run folders; LOG_DIR=$OUT/logs
 #   REPORT=gpu_report.md  (in the repository root)
 #   PYTHON              the interpreter (default: .venv/bin/python if present, else python)
-# Without a CUDA GPU it prints one line and exits with status 2.
+# Without a usable CUDA GPU it prints one line (the torch build's CUDA version, the driver's
+# version where nvidia-smi runs, and torch's own warning if it gave one) and exits with status 2.
 
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -42,11 +48,34 @@ py=${PYTHON:-}
 if [ -z "$py" ]; then
     if [ -x "$root/.venv/bin/python" ]; then py=$root/.venv/bin/python; else py=python; fi
 fi
-# "yes" or "no" from an interpreter that imports torch; nothing from one that cannot.
-gpu=$("$py" -c 'import torch; print("yes" if torch.cuda.is_available() else "no")' 2>/dev/null || true)
-case $gpu in
+# Three lines from an interpreter that imports torch (nothing from one that cannot): "yes" or
+# "no", the torch version and the CUDA version it was built for, and the warning torch gave while
+# looking for a GPU (a driver too old for the build says so there), on one line.
+probe=$("$py" -c '
+import warnings
+
+import torch
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    usable = torch.cuda.is_available()
+print("yes" if usable else "no")
+print(f"torch {torch.__version__}, built for CUDA {torch.version.cuda}")
+print(" ".join(" ".join(str(w.message).split()) for w in caught))' 2>/dev/null || true)
+mapfile -t probe_lines <<< "$probe"
+case ${probe_lines[0]} in
     yes) ;;
-    no) echo "gpu_check: no CUDA GPU visible to $py (torch.cuda.is_available() is False); run this on a machine with one" >&2
+    no) if command -v nvidia-smi > /dev/null; then
+            driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)
+            driver=${driver:+NVIDIA driver $driver (nvidia-smi)}
+            driver=${driver:-nvidia-smi gives no driver version}
+        else
+            driver="no nvidia-smi on PATH (no NVIDIA driver?)"
+        fi
+        warned=${probe_lines[2]:+; torch warned: ${probe_lines[2]}}
+        echo "gpu_check: no CUDA GPU visible to $py (${probe_lines[1]}; $driver$warned); run this on a" \
+             "machine with one, or, where the driver is too old for that CUDA, install a torch build for" \
+             "an older CUDA: TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 ./install_requirements.sh" >&2
         exit 2 ;;
     *) echo "gpu_check: cannot import torch with $py; install the requirements (./install_requirements.sh) or set PYTHON" >&2
        exit 2 ;;
@@ -62,12 +91,17 @@ read -ra seeds <<< "${SEEDS:-42 43 44}"
 b=${B:-4.0}
 parallel=${PARALLEL:-4}
 read -ra bench_flags <<< "${BENCH_FLAGS:-}"
-stages=" ${STAGES:-tests bench study} "
+stages=" ${STAGES:-tests bench study scaling paths} "
 cd "$root"
 mkdir -p "$out" "$logs" "$(dirname "$report")"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 
 failures=()
+skipped=()   # each part not run, with the reason
+for name in tests bench study scaling paths; do
+    [[ $stages == *" $name "* ]] || skipped+=("stage $name (not in STAGES)")
+done
+gpus=$("$py" -c 'import torch; print(torch.cuda.device_count())')
 start_all=$SECONDS
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 dirty=$(git status --porcelain 2>/dev/null | grep -v " ${report#$root/}\$" || true)
@@ -298,6 +332,67 @@ if [[ $stages == *" study "* ]]; then
     code_block "$study/commands.txt"
 fi
 
+# --- 4. scaling -----------------------------------------------------------------------------------
+one_epoch=(--dataset cifar10 --data-root "$data_root" --device cuda --epochs 1 --seed 42)
+torchrun_2=("$py" -m torch.distributed.run --standalone --nproc-per-node 2)
+
+epoch_seconds() {  # epoch_seconds RUN_DIR: the seconds of its first epoch (log.jsonl), or "–"
+    "$py" -c 'import json, sys; print(json.loads(open(sys.argv[1]).readline())["seconds"])' \
+        "$1/log.jsonl" 2>/dev/null || echo "–"
+}
+
+if [[ $stages == *" scaling "* ]]; then
+    scaling=$out/scaling
+    note "" "## 4. One CIFAR-10 epoch on 1 and 2 GPUs, and --compile under torchrun" "" \
+         "The new reference model (ResNet-18, 10 classes, global batch 128, fp32), one epoch; the seconds" \
+         "are the epoch's training and scoring as \`log.jsonl\` records them. On 2 GPUs SyncBatchNorm" \
+         "synchronises the processes at every BatchNorm layer."
+    stage scaling-1gpu "$py" train_new_model.py "${one_epoch[@]}" --output-dir "$scaling/1gpu" --save "$scaling/1gpu.pth"
+    note "One GPU: $(epoch_seconds "$scaling/1gpu") s."
+    if [ "$gpus" -ge 2 ]; then
+        stage scaling-2gpu "${torchrun_2[@]}" train_new_model.py "${one_epoch[@]}" \
+            --output-dir "$scaling/2gpu" --save "$scaling/2gpu.pth"
+        note "Two GPUs: $(epoch_seconds "$scaling/2gpu") s."
+        stage compile-2gpu "${torchrun_2[@]}" train_new_model.py "${one_epoch[@]}" --compile \
+            --output-dir "$scaling/compile-2gpu" --save "$scaling/compile-2gpu.pth"
+        if [ "$stage_rc" -eq 0 ]; then
+            note "\`--compile\` under torchrun on 2 GPUs: $(epoch_seconds "$scaling/compile-2gpu") s, compilation included."
+        else
+            note "\`--compile\` under torchrun on 2 GPUs FAILED (DDP + SyncBatchNorm under torch.compile has open" \
+                 "upstream problems): \`--compile\` with several processes should then be refused with one line."
+        fi
+    else
+        skipped+=("4. the epoch on 2 GPUs and --compile under torchrun on 2 GPUs (only $gpus GPU visible)")
+        note "Skipped: the epoch on 2 GPUs and \`--compile\` under torchrun (only $gpus GPU visible)."
+    fi
+fi
+
+# --- 5. paths ----------------------------------------------------------------------------------------
+# ELODI's references: an old model and two ensemble members, one epoch each.
+elodi_references() {
+    local dir=$1 i
+    "$py" train_old_model.py "${one_epoch[@]}" --output-dir "$dir/old" --save "$dir/old.pth" || return 1
+    for i in 0 1; do
+        "$py" train_new_model.py "${one_epoch[@]}" --seed "$i" --output-dir "$dir/member$i" \
+            --save "$dir/ensemble/ckpt_$i.pth" || return 1
+    done
+}
+
+if [[ $stages == *" paths "* ]]; then
+    paths=$out/paths
+    note "" "## 5. Other paths on CUDA, one epoch each" ""
+    stage path-fast "$py" train_new_model.py "${one_epoch[@]}" --fast --output-dir "$paths/fast" --save "$paths/fast.pth"
+    stage path-pil "$py" train_new_model.py "${one_epoch[@]}" --data-pipeline pil \
+        --output-dir "$paths/pil" --save "$paths/pil.pth"
+    stage path-freeze-backbone "$py" train_old_model.py "${one_epoch[@]}" --freeze-backbone \
+        --output-dir "$paths/freeze" --save "$paths/freeze.pth"
+    stage path-elodi-references elodi_references "$paths/elodi"
+    # No warm-up, so that the one epoch runs the ensemble (bf16 on CUDA: folded, vmapped members).
+    stage path-elodi-bf16 "$py" main.py "${one_epoch[@]}" --method ELODI --precision bf16 --elodi-warmup 0 \
+        --old-ckpt "$paths/elodi/old.pth" --ensemble-dir "$paths/elodi/ensemble" --ensemble-size 2 \
+        --output-dir "$paths/elodi-bf16"
+fi
+
 # --- summary -------------------------------------------------------------------------------------
 total=$((SECONDS - start_all))
 note "" "## Summary" "" "Total time: $((total / 60)) min $((total % 60)) s."
@@ -306,6 +401,10 @@ if [ ${#failures[@]} -eq 0 ]; then
 else
     note "Failed stages:"
     for f in "${failures[@]}"; do note "- $f"; done
+fi
+if [ ${#skipped[@]} -gt 0 ]; then
+    note "" "Skipped:"
+    for part in "${skipped[@]}"; do note "- $part"; done
 fi
 echo "gpu_check: report in $report ($((total / 60)) min $((total % 60)) s)${failures:+; FAILED: ${failures[*]}}"
 [ ${#failures[@]} -eq 0 ]

@@ -62,6 +62,13 @@ def model_checkpoint(model, *, arch, num_classes, embed_dim, dataset, num_old, r
             "old_data": old_data}
 
 
+def old_model_setting(ckpt: dict) -> dict:
+    """What an old model's checkpoint says about the kind of update it starts: its architecture
+    and its share of the training images (1.0 for checkpoints written before --old-data-fraction)."""
+    old_data = ckpt.get("old_data") or {"old_data_fraction": 1.0}
+    return {"old_arch": ckpt["arch"], "old_data_fraction": old_data["old_data_fraction"]}
+
+
 def unwrap(model):
     """The plain module under DistributedDataParallel / torch.compile wrappers."""
     model = getattr(model, "module", model)

@@ -30,16 +30,18 @@ from utils.pil_pipeline import pil_train_loader
 class TensorDataset(Dataset):
     """A ``Dataset`` whose splits are uint8 ``ImageSet`` tensors (CIFAR)."""
 
-    def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1) -> TensorInputs:
+    def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1, min_share: int = 1) -> TensorInputs:
         """Augmented train batches and unaugmented eval batches, normalised (and resized to
         ``--image-size``) on ``device``."""
         normalize = normalizer(args, channels_last=prefers_channels_last(device))
         splits = {k: v.to(device) for k, v in self.splits.items()}
         if args.data_pipeline == "pil":
-            loader = pil_train_loader(splits["train"], args, device, normalize, rank, world)
+            loader = pil_train_loader(splits["train"], args, device, normalize, rank, world, min_share)
         else:
-            loader = TrainLoader(splits["train"], args.batch_size, args.seed, normalize, rank=rank, world_size=world)
-        return TensorInputs(splits, normalize, loader, args.batch_size, args.eval_batch_size, rank, world)
+            loader = TrainLoader(splits["train"], args.batch_size, args.seed, normalize, rank=rank,
+                                 world_size=world, min_share=min_share)
+        return TensorInputs(splits, normalize, loader, args.batch_size, args.eval_batch_size, rank, world,
+                            min_share)
 
 
 def normalization(args) -> str:

@@ -19,6 +19,8 @@ import PIL
 import torch
 import torchvision
 
+from utils.errors import UserError
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -27,11 +29,29 @@ def setup_device(name: str, fast: bool = False) -> torch.device:
     official deterministic mode, or to autotuning with ``fast``."""
     device = torch.device(name)
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(local_gpu())
         device = torch.device("cuda", torch.cuda.current_device())
     torch.backends.cudnn.deterministic = not fast
     torch.backends.cudnn.benchmark = fast
     return device
+
+
+def local_gpu() -> int:
+    """This process's GPU: its LOCAL_RANK (torchrun starts one process per GPU of a node). Every
+    process of the node checks that the node has a GPU for each of them, so that they all stop
+    with the same one-line error (and rank 0 alone prints it) rather than some with CUDA's."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), local_rank + 1)
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        raise UserError("--device cuda, but this process sees no CUDA GPU (tools/gpu_check.sh says why); "
+                        "use --device cpu, or run where a GPU is visible")
+    if processes > visible:
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise UserError(f"{processes} processes on this node (LOCAL_RANK up to {processes - 1}) but only "
+                        f"{visible} GPU(s) visible{f' (CUDA_VISIBLE_DEVICES={shown})' if shown is not None else ''}; "
+                        f"start at most {visible} per node (torchrun --nproc-per-node {visible})")
+    return local_rank
 
 
 def autocast(device: torch.device, precision: str):

@@ -11,7 +11,7 @@ from torch.fx.experimental.optimization import fuse
 from tqdm import tqdm
 
 from utils.device import autocast, prefers_channels_last
-from utils.distributed import all_reduce_sum
+from utils.distributed import all_reduce_sum, is_main
 from utils.errors import UserError
 
 
@@ -119,15 +119,28 @@ def build_teachers(uses, device: torch.device, fast: bool, old: nn.Module | None
 
 
 def progress(iterable, **kwargs):
-    """tqdm that stays quiet when stderr is not a terminal (logs, CI, batch jobs)."""
-    return tqdm(iterable, disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True, **kwargs)
+    """tqdm on rank 0 only, and quiet when stderr is not a terminal (logs, CI, batch jobs)."""
+    return tqdm(iterable, disable=not (sys.stderr.isatty() and is_main()), leave=False, dynamic_ncols=True,
+                **kwargs)
+
+
+def min_share(net: nn.Module) -> int:
+    """The fewest samples a process may train on in one step (``utils.inputs.BatchPlan``): 2 where
+    a BatchNorm normalises by the process's own batch statistics (one sample has no variance;
+    at 1x1 pixels BatchNorm refuses it), 1 otherwise (SyncBatchNorm's are the global batch's)."""
+    per_process = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
+                      for m in net.modules())
+    return 2 if per_process else 1
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch: int, *,
                     precision: str = "fp32", log_every: int = 50) -> dict:
     """One pass over ``loader`` with the loss ``loss_fn`` (a method, methods.Method); returns the
-    mean loss, the training error and the mean of each loss term. Everything is summed on the
-    device and read every ``log_every`` steps, so a step never waits for the host. The first non-finite step keeps its terms and the teachers'
+    mean loss, the training error and the mean of each loss term. Each process's loss is weighted
+    by its share of the step's global batch (``loader.plan.loss_weight``), so that DDP's average of
+    the processes' gradients is the gradient of the global batch's mean loss. Everything is summed
+    on the device and read every ``log_every`` steps, so a step never waits for the host. The
+    first non-finite step keeps its terms and the teachers'
     largest |logit| on the device, for the error's advice."""
     model.train()
     device = next(model.parameters()).device
@@ -143,8 +156,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch
             logits = model(x)
         terms = loss_fn.loss_terms(logits.float(), y, epoch=epoch, **teacher_logits)
         loss = sum(terms.values())  # the method's loss (Method.__call__), its terms kept for the log
+        weight = loader.plan.loss_weight(step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if weight == 1 else loss * weight).backward()
         optimizer.step()
 
         # One vector per step: the loss, its terms, then each teacher's largest |logit|.

@@ -1,7 +1,14 @@
 """User-facing errors: one line, exit code 2, no traceback; and warnings, one line each."""
 import os
 import sys
+import time
 from functools import wraps
+
+# Under torchrun a process other than rank 0 waits this long before it prints its error. Most
+# mistakes every process meets alike (they read the same command and files): rank 0 prints it
+# and exits, and torchrun stops the others while they wait, so the error is printed once. A
+# mistake that only some processes meet (an image of their shard) is still printed, this late.
+OTHER_RANKS_WAIT_S = 10.0
 
 
 class UserError(Exception):
@@ -16,9 +23,10 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except UserError as err:
-            # Under torchrun every rank may fail: say which one (the others are often the same).
-            rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-            print(f"{rank}error: {err}", file=sys.stderr)
+            rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+            if rank:
+                time.sleep(OTHER_RANKS_WAIT_S)
+            print(f"{f'[rank {rank}] ' if rank else ''}error: {err}", file=sys.stderr, flush=True)
             sys.exit(2)
     return wrapper
 

@@ -26,9 +26,9 @@ def cache_features(inputs, backbone: nn.Module, args, device: torch.device) -> T
         local = predict(backbone, inputs.eval_batches(split)).to(device)
         splits[split] = ImageSet(dist.gather_rows(local, len(targets)), targets.to(device))
     loader = TrainLoader(splits["train"], args.batch_size, args.seed, no_transform, augment=False,
-                         rank=inputs.rank, world_size=inputs.world)
+                         rank=inputs.rank, world_size=inputs.world, min_share=inputs.min_share)
     return TensorInputs(splits, no_transform, loader, args.batch_size, args.eval_batch_size,
-                        inputs.rank, inputs.world)
+                        inputs.rank, inputs.world, inputs.min_share)
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:

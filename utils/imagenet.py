@@ -3,8 +3,9 @@
 The sorted wnids give the class indices (the class split takes the first round(F * C)); the
 number of classes is what the folders hold, so a few-class folder works as well as all 1,000.
 Images are decoded, cropped and flipped in DataLoader workers (the standard recipe:
-RandomResizedCrop + RandomHorizontalFlip for training, Resize(256/224 of the size) + CenterCrop
-for evaluation) as uint8 tensors; the training device normalises them with the same
+RandomResizedCrop + RandomHorizontalFlip for training, each sample's from its own seed
+(``utils.inputs.SeededSamples``), Resize(256/224 of the size) + CenterCrop for evaluation) as
+uint8 tensors; the training device normalises them with the same
 ``Normalize`` as CIFAR, so a batch crosses to the GPU in a quarter of the float32 bytes.
 """
 from __future__ import annotations
@@ -13,13 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
 from utils.device import prefers_channels_last
 from utils.errors import UserError
-from utils.inputs import NORMALIZATION, Dataset, Inputs, Normalize, class_folders
+from utils.inputs import (
+    NORMALIZATION,
+    BatchPlan,
+    Dataset,
+    Inputs,
+    Normalize,
+    SeededLoader,
+    SeededSamples,
+    class_folders,
+)
 
 TRAIN, EVAL = "train", "val"
 DEFAULT_SIZE = 224
@@ -58,8 +68,8 @@ class ImageFiles(torch.utils.data.Dataset):
 class FolderDataset(Dataset):
     """A ``Dataset`` whose splits are ``ImageFiles``, fed through DataLoaders."""
 
-    def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1) -> "FileInputs":
-        return FileInputs(self.splits, args, device, rank, world)
+    def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1, min_share: int = 1) -> "FileInputs":
+        return FileInputs(self.splits, args, device, rank, world, min_share)
 
 
 def load_imagenet(root: Path) -> FolderDataset:
@@ -78,31 +88,18 @@ def load_imagenet(root: Path) -> FolderDataset:
     return FolderDataset("imagenet", classes, *splits)
 
 
-class DeviceLoader:
-    """A DataLoader of uint8 batches, delivered normalised on the training device."""
-
-    def __init__(self, loader: DataLoader, normalize: Normalize, device: torch.device):
-        self.loader, self.normalize, self.device = loader, normalize, device
-
-    def set_epoch(self, epoch: int):
-        # The shuffle is a function of (seed, epoch): a resumed run repeats the data order.
-        if isinstance(self.loader.sampler, DistributedSampler):
-            self.loader.sampler.set_epoch(epoch)
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        for images, targets in self.loader:
-            yield (self.normalize(images.to(self.device, non_blocking=True)),
-                   targets.to(self.device, non_blocking=True))
+def on_device(loader: DataLoader, normalize: Normalize, device: torch.device):
+    """The uint8 batches of ``loader``, delivered normalised on the training device."""
+    for images, targets in loader:
+        yield normalize(images.to(device, non_blocking=True)), targets.to(device, non_blocking=True)
 
 
 class FileInputs(Inputs):
     """``Inputs`` of a folder data set: DataLoaders of decoded, cropped uint8 images."""
 
-    def __init__(self, splits: dict, args, device: torch.device, rank: int = 0, world: int = 1):
-        super().__init__(args.batch_size, rank, world)
+    def __init__(self, splits: dict, args, device: torch.device, rank: int = 0, world: int = 1,
+                 min_share: int = 1):
+        super().__init__(args.batch_size, rank, world, min_share)
         size = args.image_size or DEFAULT_SIZE
         self.splits = splits
         self.eval_transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
@@ -110,18 +107,12 @@ class FileInputs(Inputs):
         self.device = device
         self.workers, self.eval_batch_size = args.workers, args.eval_batch_size
         self.targets = {k: v.targets for k, v in splits.items()}
-        train_files = splits["train"].with_transform(T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
-                                                      T.PILToTensor()]))
-        # One sampler for one process or many: shuffled from (seed, epoch), this rank's share.
-        sampler = DistributedSampler(train_files, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
-        self.train_loader = DeviceLoader(self._loader(train_files, args.batch_size // world, sampler,
-                                                      persistent=True), self.normalize, device)
+        # The global batches of one process, each sample cropped and flipped from its own seed.
+        train = SeededSamples(splits["train"].with_transform(None),
+                              T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.PILToTensor()]))
+        plan = BatchPlan(len(train), args.batch_size, rank, world, min_share)
+        self.train_loader = SeededLoader(train, plan, args.seed, self.workers, device, self.normalize)
         self._eval_loaders = {}
-
-    def _loader(self, files, batch_size: int, sampler=None, persistent: bool = False) -> DataLoader:
-        return DataLoader(files, batch_size=batch_size, sampler=sampler, num_workers=self.workers,
-                          pin_memory=self.device.type == "cuda",
-                          persistent_workers=persistent and self.workers > 0)
 
     def eval_batches(self, split: str):
         """Unaugmented batches of rows rank, rank + world, ... of ``split``. The loaders of the
@@ -131,7 +122,9 @@ class FileInputs(Inputs):
         if loader is None:
             files = self.splits[split].with_transform(self.eval_transform)
             shard = Subset(files, range(self.rank, len(files), self.world))
-            loader = self._loader(shard, self.eval_batch_size, persistent=split != "train")
+            loader = DataLoader(shard, batch_size=self.eval_batch_size, num_workers=self.workers,
+                                pin_memory=self.device.type == "cuda",
+                                persistent_workers=split != "train" and self.workers > 0)
             if split != "train":
                 self._eval_loaders[split] = loader
-        return iter(DeviceLoader(loader, self.normalize, self.device))
+        return on_device(loader, self.normalize, self.device)

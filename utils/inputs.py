@@ -10,7 +10,9 @@ CIFAR training batches are augmented on the training device (random crop with 4-
 padding + horizontal flip, the distribution of torchvision's RandomCrop(32, padding=4) +
 RandomHorizontalFlip) and normalised there, with all of an epoch's randomness drawn up front
 from (seed, epoch): no per-item Python, a data order that a resumed run reproduces exactly, and
-the same global batches whatever the number of processes.
+the same global batches whatever the number of processes. Every pipeline cuts its steps with
+``BatchPlan``; the per-image pipelines (PIL, ImageNet folders) seed each sample's augmentation
+from (seed, epoch, sample index) (``SeededSamples``).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from utils.errors import UserError
 
@@ -102,8 +105,9 @@ class Dataset:
         keep[held] = False
         return replace(self, train=self.train.subset(keep.nonzero().flatten()), val=self.train.subset(held))
 
-    def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1) -> "Inputs":
-        """What this process feeds the model (implemented by each kind of data set)."""
+    def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1, min_share: int = 1) -> "Inputs":
+        """What this process feeds the model (implemented by each kind of data set); no step gives
+        a process fewer than ``min_share`` samples (``BatchPlan``)."""
         raise NotImplementedError
 
 
@@ -135,6 +139,50 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one training sample's augmentation in one epoch (``index``: its place in the
+    training set): the same in every process, loader worker and resumed run, and distinct for
+    distinct (epoch, index) below 2**32 samples."""
+    return (epoch_seed(seed, epoch) * 2**32 + index) % 2**63
+
+
+class BatchPlan:
+    """How one epoch's ``n`` shuffled training samples become the steps of ``world`` processes.
+
+    The global batches are cut in order from the epoch's permutation, as in one process; rank r
+    takes the samples r, r + world, ... of each, so the last, shorter global batch (the tail, n
+    mod ``batch_size`` samples) is shared as evenly as possible. No process may sit a step out
+    (an empty batch has a NaN loss, and the others would wait for it), nor hold fewer samples
+    than ``min_share`` (2 where BatchNorm normalises each process's batch by its own
+    statistics): a tail too short for that is dropped from the epoch and counted in
+    ``dropped``. DDP averages the processes' gradients, so each process scales its mean loss by
+    ``loss_weight(step)``, its share of the global batch times ``world``: every step's gradient
+    is then the mean over its global batch, as in one process, also when the shares differ.
+    """
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1, min_share: int = 1):
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        tail = n % batch_size
+        self.min_share = min_share
+        self.dropped = tail if tail < world * min_share else 0
+        self.used = n - self.dropped
+
+    def __len__(self):
+        return -(-self.used // self.batch_size)
+
+    def global_size(self, step: int) -> int:
+        return min(self.batch_size, self.used - step * self.batch_size)
+
+    def shares(self, order: torch.Tensor):
+        """This process's samples of every step, cut from ``order`` (the epoch's permutation)."""
+        for start in range(0, self.used, self.batch_size):
+            yield order[start:start + self.batch_size][self.rank::self.world]
+
+    def loss_weight(self, step: int) -> float:
+        size = self.global_size(step)
+        return len(range(self.rank, size, self.world)) * self.world / size
+
+
 def random_crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor,
                      padding: int = 4) -> torch.Tensor:
     """Crop each image at offset (dy, dx) of its zero-padded copy, mirrored where ``flip``.
@@ -156,22 +204,23 @@ def random_crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, f
 class TrainLoader:
     """Shuffled, augmented, normalised batches from a device-resident uint8 ImageSet.
 
-    Batches are cut from one global permutation; with ``world_size`` > 1 each rank takes its
-    share of every global batch, so a distributed run sees the same global batches as one process.
+    Batches are cut from one global permutation by ``plan`` (a ``BatchPlan``): each rank takes
+    its share of every global batch, so a distributed run sees the same global batches as one
+    process.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, seed: int, normalize: Normalize,
-                 augment: bool = True, rank: int = 0, world_size: int = 1):
-        self.data, self.batch_size, self.seed = data, batch_size, seed
+                 augment: bool = True, rank: int = 0, world_size: int = 1, min_share: int = 1):
+        self.data, self.seed = data, seed
         self.normalize, self.augment = normalize, augment
-        self.rank, self.world_size = rank, world_size
+        self.plan = BatchPlan(len(data), batch_size, rank, world_size, min_share)
         self.epoch = 0
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
 
     def __len__(self):
-        return -(-len(self.data) // self.batch_size)
+        return len(self.plan)
 
     def epoch_randomness(self):
         """(order, dy, dx, flip) for the whole epoch, a function of (seed, epoch) only."""
@@ -186,13 +235,77 @@ class TrainLoader:
     def __iter__(self):
         device = self.data.images.device
         order, dy, dx, flip = (t.to(device) for t in self.epoch_randomness())
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size][self.rank::self.world_size]
+        for idx in self.plan.shares(order):
             images = self.data.images[idx]
             if self.augment:
                 images = random_crop_flip(images, dy[idx], dx[idx], flip[idx])
             yield self.normalize(images), self.data.targets[idx]
 
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """The training samples of a per-image pipeline, each augmented from its own seed: an item
+    is (index, seed), and sample ``index`` of ``samples`` (an untransformed (image, target))
+    goes through the random ``transform`` with torch's random state set from ``seed`` for that
+    one sample. The augmentation is then a function of (seed, epoch, index) alone
+    (``sample_seed``): not of the loader worker that makes it (workers are seeded alike on every
+    rank), of --workers, of the number of processes, nor of the epoch a run resumed at."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, item):
+        index, seed = item
+        image, target = self.samples[index]
+        # fork_rng: with --workers 0 this runs in the training process, whose state must not move.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), target
+
+
+class SeededBatches:
+    """Batch sampler over ``SeededSamples``: this process's (index, seed) items of each step of
+    the current epoch, cut by ``plan`` from the epoch's permutation (drawn from (seed, epoch))."""
+
+    def __init__(self, plan: BatchPlan, seed: int):
+        self.plan, self.seed, self.epoch = plan, seed, 0
+
+    def __len__(self):
+        return len(self.plan)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        for share in self.plan.shares(torch.randperm(self.plan.n, generator=g)):
+            yield [(i, sample_seed(self.seed, self.epoch, i)) for i in share.tolist()]
+
+
+class SeededLoader:
+    """The training loader of a per-image pipeline: ``SeededSamples`` decoded and augmented in
+    DataLoader workers, in the batches of ``SeededBatches``; each batch is moved to ``device``
+    and passed through ``finish`` there (normalisation or memory format)."""
+
+    def __init__(self, samples: SeededSamples, plan: BatchPlan, seed: int, workers: int,
+                 device: torch.device, finish):
+        self.plan, self.device, self.finish = plan, torch.device(device), finish
+        self.batches = SeededBatches(plan, seed)
+        # The DataLoader draws its workers' base seed from its own generator, not from the
+        # training process's random state (it would move it); no augmentation depends on it.
+        self.loader = DataLoader(samples, batch_sampler=self.batches, num_workers=workers,
+                                 persistent_workers=workers > 0, pin_memory=self.device.type == "cuda",
+                                 generator=torch.Generator())
+
+    def set_epoch(self, epoch: int):
+        self.batches.epoch = epoch
+
+    def __len__(self):
+        return len(self.plan)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield self.finish(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
 
 
 def eval_batches(data: ImageSet, batch_size: int, normalize: Normalize):
@@ -211,7 +324,8 @@ class Inputs:
     """What a run feeds its models in this process; every pipeline implements it.
 
     ``train_loader``: this rank's share of each (augmented, normalised) training batch, with
-    ``len()`` and ``set_epoch(epoch)``; ``eval_batches(split)``: the unaugmented batches of this
+    ``len()``, ``set_epoch(epoch)`` and its ``plan`` (a ``BatchPlan``); ``min_share``: the fewest
+    samples a process may get in a step; ``eval_batches(split)``: the unaugmented batches of this
     rank's strided shard of a split (rows rank, rank + world, ...), which
     ``utils.distributed.gather_rows`` puts back in order; ``targets[split]``: the whole split's
     labels on the CPU. ``split`` is one of ``targets``' keys: "train", "test" and, with
@@ -220,11 +334,11 @@ class Inputs:
     train_loader = None
     targets: dict
 
-    def __init__(self, batch_size: int, rank: int = 0, world: int = 1):
+    def __init__(self, batch_size: int, rank: int = 0, world: int = 1, min_share: int = 1):
         if batch_size % world:
             raise UserError(f"--batch-size {batch_size} is the global batch: it must be a multiple "
                             f"of the {world} processes")
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.min_share = rank, world, min_share
 
     def eval_batches(self, split: str):
         raise NotImplementedError
@@ -235,8 +349,8 @@ class TensorInputs(Inputs):
     loader is given (``TrainLoader``, or the PIL pipeline's)."""
 
     def __init__(self, splits: dict, transform, train_loader, batch_size: int, eval_batch_size: int,
-                 rank: int = 0, world: int = 1):
-        super().__init__(batch_size, rank, world)
+                 rank: int = 0, world: int = 1, min_share: int = 1):
+        super().__init__(batch_size, rank, world, min_share)
         self.splits, self.transform, self.train_loader = splits, transform, train_loader
         self.eval_batch_size = eval_batch_size
         self.targets = {k: v.targets.cpu() for k, v in splits.items()}

@@ -3,18 +3,18 @@ RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize in DataL
 kept to compare with the device-resident default.
 
 Unlike a plain ``DataLoader(shuffle=True)``, every sample's augmentation is seeded from
-(seed, epoch) in the main process: worker processes are seeded once when they start and
-persistent workers are never reseeded, so a resumed run, or one with another ``--workers``,
-would otherwise see different crops. Batches are sharded over ranks as in ``TrainLoader``.
+(seed, epoch, sample index) (``utils.inputs.SeededSamples``): worker processes are seeded once
+when they start, alike on every rank, and persistent workers are never reseeded, so a resumed
+run, another ``--workers`` or another number of processes would otherwise see different crops.
+Batches are cut by the same ``BatchPlan`` as ``TrainLoader``'s.
 """
 from __future__ import annotations
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, epoch_seed
+from utils.inputs import CIFAR_MEAN, CIFAR_STD, BatchPlan, ImageSet, Normalize, SeededLoader, SeededSamples
 
 
 def official_transform():
@@ -27,81 +27,25 @@ def official_transform():
     ])
 
 
-class PILImages(Dataset):
-    """Items are (index, seed) pairs: the image at ``index`` as a PIL image through
-    ``transform``, with torch's random state set from ``seed`` for that one image."""
+class PILImages(torch.utils.data.Dataset):
+    """The images of an ImageSet as (PIL image, target) pairs."""
 
-    def __init__(self, data: ImageSet, transform):
+    def __init__(self, data: ImageSet):
         # (N, H, W, C) numpy, as Image.fromarray wants it; converted once, not per item.
         self.images = data.images.cpu().permute(0, 2, 3, 1).contiguous().numpy()
         self.targets = data.targets.cpu()
-        self.transform = transform
 
     def __len__(self):
         return len(self.targets)
 
-    def __getitem__(self, item):
-        index, seed = item
-        # fork_rng: with workers=0 this runs in the training process, whose RNG must not move.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            image = self.transform(Image.fromarray(self.images[index]))
-        return image, self.targets[index]
-
-
-class EpochBatches:
-    """Batch sampler: one epoch's shuffled (index, seed) batches, a function of (seed, epoch);
-    rank r of W takes items r, r + W, ... of every global batch."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-
-    def __len__(self):
-        return -(-self.n // self.batch_size)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        order = torch.randperm(self.n, generator=g)
-        seeds = torch.randint(0, 2**62, (self.n,), generator=g)
-        for start in range(0, self.n, self.batch_size):
-            shard = slice(start + self.rank, start + self.batch_size, self.world_size)
-            yield list(zip(order[shard].tolist(), seeds[shard].tolist()))
-
-
-class PILTrainLoader:
-    """(images, targets) batches on ``device`` from a DataLoader over ``PILImages``."""
-
-    def __init__(self, data: ImageSet, batch_size: int, seed: int, workers: int,
-                 device: torch.device, memory_format=torch.contiguous_format,
-                 rank: int = 0, world_size: int = 1):
-        self.device, self.memory_format = torch.device(device), memory_format
-        self.batches = EpochBatches(len(data), batch_size, seed, rank, world_size)
-        # The DataLoader draws its workers' base seed from this generator (else from the
-        # training process's global RNG, which would then move every epoch).
-        self.generator = torch.Generator()
-        self.loader = DataLoader(PILImages(data, official_transform()), batch_sampler=self.batches,
-                                 num_workers=workers, persistent_workers=workers > 0,
-                                 pin_memory=self.device.type == "cuda", generator=self.generator)
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int):
-        self.batches.epoch = epoch
-        self.generator.manual_seed(epoch_seed(self.batches.seed, epoch))
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        for x, y in self.loader:
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            yield x, y.to(self.device, non_blocking=True)
+    def __getitem__(self, index):
+        return Image.fromarray(self.images[index]), self.targets[index]
 
 
 def pil_train_loader(train_set: ImageSet, args, device, normalize: Normalize, rank: int = 0,
-                     world: int = 1) -> PILTrainLoader:
+                     world: int = 1, min_share: int = 1) -> SeededLoader:
     """The data set's entry point; ``normalize`` only supplies the memory format (the images are
     normalised per item by torchvision)."""
-    return PILTrainLoader(train_set, args.batch_size, args.seed, args.workers, device,
-                          normalize.memory_format, rank, world)
+    plan = BatchPlan(len(train_set), args.batch_size, rank, world, min_share)
+    return SeededLoader(SeededSamples(PILImages(train_set), official_transform()), plan, args.seed,
+                        args.workers, device, lambda x: x.contiguous(memory_format=normalize.memory_format))

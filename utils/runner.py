@@ -21,10 +21,10 @@ from methods import get_method
 from models import build_model as build_architecture
 from models.zoo import PRETRAINED, WeightsUnavailable
 from utils import distributed as dist
-from utils.checkpoint import atomic_save, load_model, model_checkpoint
+from utils.checkpoint import atomic_save, load_model, model_checkpoint, old_model_setting
 from utils.data import Dataset, input_spec, load_dataset, num_old_classes, old_data_subset, validation_split
 from utils.device import fast_teachers, prefers_channels_last, setup_device
-from utils.engine import NonFiniteLoss, Teachers, build_teachers, prepare_teacher, progress, train_one_epoch
+from utils.engine import NonFiniteLoss, Teachers, build_teachers, min_share, prepare_teacher, progress, train_one_epoch
 from utils.errors import UserError
 from utils.evaluation import Scorer, Scores
 from utils.features import cache_features, head_on
@@ -95,12 +95,11 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
         check_writable(checkpoint_path(args, out_dir), "--save", folder=False)
         state = read_state(out_dir, args) if args.resume else None
         data = load_data(args, role)
-        inputs = data.dataset.inputs(args, device, rank, world)
         model = build_model(args, data.head_size, device, world)
-        net = model
+        net = model.head() if args.freeze_backbone else model
+        inputs = data.dataset.inputs(args, device, rank, world, min_share(net))
         if args.freeze_backbone:  # the head trains on the frozen backbone's features, cached once
             inputs = cache_features(inputs, model.backbone, args, device)
-            net = model.head()
         refs = load_references(args, mitigation, data, model, device) if mitigation else None
         scorer = Scorer(inputs, role, data.num_old, device, refs.old_model if refs else None)
         if dist.is_main():
@@ -122,7 +121,8 @@ def load_data(args, role: str) -> RunData:
     """The data set, less the --val-fraction hold-out (chosen on the whole training set, so that
     every model of an experiment holds out the same images); the old model sees only the old
     classes and, with --old-data-fraction, only that share of their remaining training images."""
-    data = load_dataset(args.dataset, args.data_root)
+    with dist.main_first():  # rank 0 downloads CIFAR when it is absent; the others wait, then read its copy
+        data = load_dataset(args.dataset, args.data_root, download=dist.is_main())
     classes, num_classes = list(data.classes), data.num_classes
     num_old = num_old_classes(num_classes, args.old_fraction)
     held, split = validation_split(data.train.targets, args.val_fraction, args.split_seed)
@@ -199,12 +199,10 @@ def load_references(args, mitigation: Mitigation, data: RunData, model: nn.Modul
 
     uses = mitigation.method.references
     old = load(mitigation.old_ckpt, "old", data.num_old)
-    old_data = checkpoints["old"].get("old_data") or {"old_data_fraction": 1.0}
-    old_setting = {"old_arch": checkpoints["old"]["arch"], "old_data_fraction": old_data["old_data_fraction"]}
     new = load(mitigation.new_ckpt, "new", data.num_classes) if "new" in uses else None
     members = [load(p, "ensemble", data.num_classes) for p in mitigation.ensemble] if "ensemble" in uses else []
     teachers = build_teachers(uses, device, fast_teachers(device, args.precision), old, new, members)
-    return References(old, teachers, old_setting)
+    return References(old, teachers, old_model_setting(checkpoints["old"]))
 
 
 def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer: Scorer,
@@ -229,6 +227,11 @@ def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer
     if state is not None:
         start_epoch, history = restore(state, device, model, optimizer, scheduler)
     loader, scores = inputs.train_loader, None
+    dropped = loader.plan.dropped
+    if dropped and dist.is_main():
+        print(f"note: the last {dropped} of the {loader.plan.n} training samples of every epoch (different "
+              f"ones each epoch) are left out: {loader.plan.n} mod --batch-size {args.batch_size} leaves too few "
+              f"for {world} process(es) x {loader.plan.min_share} sample(s) each", file=sys.stderr, flush=True)
     for epoch in progress(range(start_epoch, args.epochs), desc=role, unit="epoch"):
         t0 = time.time()
         loader.set_epoch(epoch)
@@ -242,6 +245,7 @@ def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer
         scheduler.step()
         scores = scorer(net)
         record = {"epoch": epoch, "lr": lr, **stats,
+                  **({"dropped": dropped} if dropped else {}),
                   "metrics": scores.metrics, "seconds": round(time.time() - t0, 2)}
         history.append(record)
         if dist.is_main():

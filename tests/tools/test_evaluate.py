@@ -33,6 +33,7 @@ def test_evaluate_reproduces_main_py(tiny_data, old_ckpt, new_ckpt, tmp_path):
     assert {m: scored[m] for m in METRICS} == {m: trained[m] for m in METRICS}
     assert {k: scored["config"][k] for k in trained_with} == trained_with
     assert scored["config"] == trained["config"]
+    assert scored["setting"] == trained["setting"]  # the same kind of update: the same table
     assert scored["evaluated"]["flags"]["device"] == "cpu" and "seed" not in scored["evaluated"]["flags"]
     a, b = np.load(run / "predictions.npz"), np.load(out / "predictions.npz")
     assert set(a.files) == set(b.files)

@@ -1,9 +1,12 @@
 """tools/gpu_check.sh without a GPU: one line, exit status 2, nothing written. (With a GPU it runs
-the CUDA tests, the benchmarks and a training study: tests/test_cuda.py and its report cover that.)"""
+the CUDA tests, the benchmarks, a training study, the scaling and the other CUDA paths:
+tests/test_cuda.py and its report cover that.)"""
+import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO, script_env
 
@@ -24,7 +27,33 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_2(tmp_path):
     lines = (proc.stdout + proc.stderr).splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("gpu_check: no CUDA GPU visible") and "run this on a machine with one" in lines[0]
+    assert f"built for CUDA {torch.version.cuda};" in lines[0]
+    assert "TORCH_INDEX_URL=" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == []   # no report, no run folder
+
+
+@pytest.mark.slow
+def test_an_old_driver_is_named_with_torchs_own_warning(tmp_path_factory, tmp_path):
+    """What a machine whose driver is too old for the torch build shows: nvidia-smi runs, torch
+    finds no usable GPU and warns why (stubbed: nvidia-smi, and torch.cuda.is_available)."""
+    stubs = tmp_path_factory.mktemp("stubs")
+    (stubs / "nvidia-smi").write_text('#!/usr/bin/env bash\n[ "$1" = --query-gpu=driver_version ] && echo 470.82.01\n')
+    (stubs / "nvidia-smi").chmod(0o755)
+    (stubs / "sitecustomize.py").write_text(
+        "import warnings\nimport torch\n\n"
+        "def is_available():\n"
+        "    warnings.warn('CUDA initialization: The NVIDIA driver on your system is too old (found version 11040).\\n'\n"
+        "                  'Please update your GPU driver.')\n"
+        "    return False\n\n"
+        "torch.cuda.is_available = is_available\n")
+    proc = gpu_check(tmp_path, PATH=f"{stubs}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(stubs))
+    assert proc.returncode == 2
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(lines) == 1, lines
+    assert f"built for CUDA {torch.version.cuda}; NVIDIA driver 470.82.01 (nvidia-smi)" in lines[0]
+    assert ("torch warned: CUDA initialization: The NVIDIA driver on your system is too old (found version "
+            "11040). Please update your GPU driver.") in lines[0]
+    assert not list(tmp_path.iterdir())
 
 
 def test_an_interpreter_without_torch_is_named_in_one_line(tmp_path):

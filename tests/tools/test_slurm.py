@@ -82,18 +82,41 @@ def test_two_node_job_launches_torchrun_with_the_rendezvous_flags(stubs, tmp_pat
     launched = json.loads((log / "torchrun.json").read_text())
     assert launched["argv"] == [
         "--nnodes", "2", "--nproc-per-node", "4", "--rdzv-backend", "c10d",
-        "--rdzv-endpoint", "gpu-node-07:29500", "--rdzv-id", "4242",
+        "--rdzv-endpoint", "gpu-node-07:24242", "--rdzv-id", "4242",
         str(REPO / "main.py"), "--epochs", "1", "--device", "cpu"]
     assert launched["omp"] == "8"          # 32 CPUs of the task over 4 processes
     assert launched["cwd"] == str(REPO)
     srun = (log / "srun.args").read_text().split()
     assert {"--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"} <= set(srun)
-    assert "gpu-node-07:29500" in proc.stdout
+    assert "--cpus-per-task=32" in srun    # srun does not inherit it from sbatch
+    assert "gpu-node-07:24242" in proc.stdout
+
+
+def launched_endpoint(stubs, tmp_path, **env) -> str:
+    assert_ok(sbatch(stubs, cwd=tmp_path, TORCHRUN="torchrun", **env))
+    argv = json.loads((stubs[1] / "torchrun.json").read_text())["argv"]
+    return argv[argv.index("--rdzv-endpoint") + 1]
+
+
+@pytest.mark.slow
+def test_two_jobs_on_one_first_node_meet_at_different_ports(stubs, tmp_path):
+    ports = {launched_endpoint(stubs, tmp_path, SLURM_JOB_ID=job) for job in ("4242", "4243", "987654")}
+    assert ports == {"gpu-node-07:24242", "gpu-node-07:24243", "gpu-node-07:27654"}
+
+
+@pytest.mark.slow
+def test_srun_gets_the_task_cpus_given_to_sbatch(stubs, tmp_path):
+    launched_endpoint(stubs, tmp_path, SLURM_CPUS_PER_TASK="12")
+    assert "--cpus-per-task=12" in (stubs[1] / "srun.args").read_text().split()
+    (stubs[1] / "srun.args").unlink()
+    launched_endpoint(stubs, tmp_path, SLURM_CPUS_PER_TASK="")   # sbatch without --cpus-per-task
+    assert not any(a.startswith("--cpus-per-task") for a in (stubs[1] / "srun.args").read_text().split())
 
 
 def test_script_port_and_gpu_count_come_from_the_environment(stubs, tmp_path):
     proc = sbatch(stubs, "--config", "configs/imagenet_resnet18.yaml", cwd=tmp_path, TORCHRUN="torchrun",
-                  SCRIPT="train_old_model.py", RDZV_PORT="29611", SLURM_GPUS_ON_NODE="2")
+                  SCRIPT="train_old_model.py", RDZV_PORT="29611", SLURM_GPUS_ON_NODE="2",
+                  SLURM_JOB_ID="4242_7")  # no job number: RDZV_PORT is needed, and enough
     assert_ok(proc)
     argv = json.loads((stubs[1] / "torchrun.json").read_text())["argv"]
     assert argv[argv.index("--nproc-per-node") + 1] == "2"
@@ -105,6 +128,7 @@ def test_script_port_and_gpu_count_come_from_the_environment(stubs, tmp_path):
     ({"SLURM_JOB_ID": ""}, "error: no SLURM job; submit this with sbatch"),
     ({"SCRIPT": "evil.py"}, "error: SCRIPT=evil.py; choose main.py, train_old_model.py or train_new_model.py"),
     ({"SLURM_SUBMIT_DIR": "/nonexistent"}, "error: no main.py in /nonexistent; submit from the repository root or set REPO"),
+    ({"SLURM_JOB_ID": "42_7"}, "error: SLURM_JOB_ID=42_7 is not a job number; set RDZV_PORT"),
 ])
 def test_mistakes_get_one_line_and_exit_status_2(stubs, tmp_path, env, message):
     proc = sbatch(stubs, cwd=tmp_path, TORCHRUN="torchrun", **env)

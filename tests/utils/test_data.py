@@ -1,5 +1,6 @@
 """The data path: device augmentation against torchvision's transforms, the epoch randomness of
-TrainLoader, its sharding, Normalize, the PIL pipeline, and the data-set helpers."""
+TrainLoader, the steps of several processes (BatchPlan), Normalize, the PIL pipeline and its
+per-sample seeds, and the data-set helpers."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +14,17 @@ from torchvision.io import write_png
 from conftest import write_cifar_pickles
 from utils.data import load_dataset, stratified_split
 from utils.errors import UserError
-from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, random_crop_flip
+from utils.inputs import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    BatchPlan,
+    ImageSet,
+    Normalize,
+    SeededBatches,
+    TrainLoader,
+    random_crop_flip,
+    sample_seed,
+)
 from utils.pil_pipeline import pil_train_loader
 
 MEAN = torch.tensor(CIFAR_MEAN).view(3, 1, 1)
@@ -157,6 +168,62 @@ def test_rank_shards_are_disjoint_and_make_up_the_single_process_batch(world):
             # The same samples with the same augmentation: rows r, r + world, ... of the batch.
             assert torch.equal(yr, y[r::world])
             assert torch.equal(xr, x[r::world])
+
+
+# --------------------------------------------------------------------------------------------
+# BatchPlan: the steps of several processes.
+# --------------------------------------------------------------------------------------------
+def plan_shares(n, batch_size, world, min_share=1):
+    """Each rank's (sample lists, loss weights) over one epoch of the identity order."""
+    plans = [BatchPlan(n, batch_size, rank, world, min_share) for rank in range(world)]
+    return [([s.tolist() for s in p.shares(torch.arange(n))], [p.loss_weight(i) for i in range(len(p))])
+            for p in plans]
+
+
+def test_the_tail_is_shared_as_evenly_as_possible_and_weighted_by_share():
+    ranks = plan_shares(23, 6, 3)   # 3 full global batches, a tail of 5
+    assert [len(shares) for shares, _ in ranks] == [4, 4, 4]
+    assert [len(shares[-1]) for shares, _ in ranks] == [2, 2, 1]
+    assert sorted(i for shares, _ in ranks for i in shares[-1]) == [18, 19, 20, 21, 22]
+    # Full batches weigh 1; the tail's shares 2/5, 2/5, 1/5 of the global batch, times 3.
+    assert [weights for _, weights in ranks] == [[1, 1, 1, 6 / 5]] * 2 + [[1, 1, 1, 3 / 5]]
+    # The weighted mean of the ranks' means is the mean over the global batch.
+    values = torch.arange(23.0)
+    mean_of_ranks = sum(w[-1] * values[s[-1]].mean() for s, w in ranks) / 3
+    assert mean_of_ranks.item() == pytest.approx(values[18:].mean().item())
+
+
+@pytest.mark.parametrize("n, world, min_share, dropped", [
+    (19, 3, 1, 1),    # a tail of 1 for 3 processes: two would be idle
+    (20, 3, 1, 2),    # a tail of 2 for 3 processes: one would be idle
+    (21, 3, 1, 0),    # a tail of 3: one sample each
+    (23, 3, 2, 5),    # per-process BatchNorm needs 2 samples each: 5 < 6
+    (19, 1, 1, 0),    # one process keeps any tail
+    (18, 3, 1, 0),    # no tail
+])
+def test_a_tail_too_short_for_every_process_is_dropped_and_counted(n, world, min_share, dropped):
+    plans = [BatchPlan(n, 6, rank, world, min_share) for rank in range(world)]
+    assert {p.dropped for p in plans} == {dropped}
+    seen = [i for p in plans for share in p.shares(torch.arange(n)) for i in share.tolist()]
+    assert sorted(seen) == list(range(n - dropped))   # each kept sample once, the tail's last ones dropped
+    assert all(len(share) >= min_share for p in plans for share in p.shares(torch.arange(n)))
+    assert {len(p) for p in plans} == {-(-(n - dropped) // 6)}
+
+
+def test_sample_seeds_depend_on_seed_epoch_and_index_only():
+    seeds = {sample_seed(s, e, i) for s in (0, 1) for e in range(3) for i in range(1000)}
+    assert len(seeds) == 2 * 3 * 1000
+    assert all(0 <= x < 2**63 for x in seeds)
+    # Every rank's batch sampler gives a sample the same seed, the seed of its (epoch, index).
+    items = {}
+    for world in (1, 3):
+        for rank in range(world):
+            batches = SeededBatches(BatchPlan(23, 6, rank, world), seed=5)
+            batches.epoch = 2
+            for batch in batches:
+                for index, seed in batch:
+                    assert items.setdefault(index, seed) == seed == sample_seed(5, 2, index)
+    assert sorted(items) == list(range(23))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,38 @@
+"""install_requirements.sh with a stub interpreter in place of the virtual environment's: the pip
+commands it runs, with and without TORCH_INDEX_URL (a PyTorch wheel index for an older CUDA)."""
+import subprocess
+
+import pytest
+
+from conftest import REPO, assert_ok, script_env
+
+
+def pip_commands(tmp_path, **env) -> list:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "calls"
+    (venv / "bin" / "python").write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+    (venv / "bin" / "python").chmod(0o755)
+    proc = subprocess.run(["bash", str(REPO / "install_requirements.sh")], env={**script_env(), "VENV": str(venv), **env},
+                          capture_output=True, text=True, timeout=60)
+    assert_ok(proc)
+    return log.read_text().splitlines()
+
+
+def pinned(name: str) -> str:
+    return next(line for line in (REPO / "requirements.txt").read_text().splitlines() if line.startswith(f"{name}=="))
+
+
+@pytest.mark.slow
+def test_torch_comes_from_the_index_given_at_the_pinned_versions(tmp_path):
+    url = "https://download.pytorch.org/whl/cu126"
+    assert pip_commands(tmp_path, TORCH_INDEX_URL=url) == [
+        "-m pip install --quiet --upgrade pip",
+        f"-m pip install --quiet --index-url {url} {pinned('torch')} {pinned('torchvision')}",
+        "-m pip install --quiet -r requirements.txt"]
+
+
+@pytest.mark.slow
+def test_without_an_index_everything_comes_from_the_requirements(tmp_path):
+    assert pip_commands(tmp_path, TORCH_INDEX_URL="") == [
+        "-m pip install --quiet --upgrade pip", "-m pip install --quiet -r requirements.txt"]

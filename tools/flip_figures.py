@@ -149,8 +149,9 @@ def plot_flip_split(entries: list[dict], colours: dict, out: Path):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.35 * len(entries)))
     y = np.arange(len(entries))
-    nfr = np.array([e["nfr"] or 0 for e in entries])
-    into_new = nfr * np.array([e["flips_to_new_classes"] or 0 for e in entries]) / 100
+    # Undefined values (None or NaN: no old-class sample, no new class) draw no bar.
+    nfr = np.nan_to_num(np.array([e["nfr"] for e in entries], dtype=float))
+    into_new = nfr * np.nan_to_num(np.array([e["flips_to_new_classes"] for e in entries], dtype=float)) / 100
     colour = [colours[e["group"]] for e in entries]
     ax.barh(y, nfr - into_new, color=colour)
     ax.barh(y, into_new, left=nfr - into_new, color=colour, hatch="///", edgecolor="white")

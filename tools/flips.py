@@ -299,7 +299,9 @@ def analyse(run: dict, flips, rates: dict, confidence: float) -> dict:
         "nfr_ci": list(nfr_ci),
         "rel_nfr_ci": list(rel_nfr_ci),
         "er_all_ci": list(percentile_interval(rates["error"], confidence)),
-        "flips_to_new_classes": _percent(matrix[:, num_old:].sum(), matrix.sum()),
+        # Undefined (NaN) in a same-class update: there is no new class to flip into.
+        "flips_to_new_classes": (_percent(matrix[:, num_old:].sum(), matrix.sum())
+                                 if num_old < run["num_classes"] else math.nan),
         "per_class": {"name": [class_name(run, c) for c in range(num_old)], "n": counts["n"].tolist(),
                       "nfr": [_percent(neg, n) for n, neg in zip(counts["n"], counts["negative"])],
                       "pfr": [_percent(pos, n) for n, pos in zip(counts["n"], counts["positive"])]},

@@ -587,3 +587,15 @@ def test_stored_margins_come_before_the_logits(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["margin[MPT_KL-b4-seed0]"] for r in rows[:3]] == ["3", "-3", "-3"]
     assert rows[0]["old_margin"] == "0.5"
+
+
+def test_a_same_class_update_counts_every_sample_and_has_no_flips_into_new_classes(tmp_path):
+    """C_old = C (--old-fraction 1.0): every test sample is an old-class one; the share of flips
+    into new classes is undefined (null), not 0, and the flip split draws no new-class part."""
+    run = write_run(tmp_path / "r", num_old=4, old_fraction=1.0)
+    flips.main([str(run), "--out", str(tmp_path / "out"), "--resamples", "50"])
+    entry = strict_json(tmp_path / "out" / "flips.json")["runs"][0]
+    negative = sum(o == t and p != t for t, o, p in zip(TARGETS, OLD_PRED, PRED))
+    assert entry["n_old"] == len(TARGETS) and entry["nfr"] == pytest.approx(100 * negative / len(TARGETS))
+    assert entry["flips_to_new_classes"] is None
+    assert sum(count for _, _, count in entry["flip_to"]) == negative

@@ -10,10 +10,8 @@
 128-d ImageNet embedding, or a 2-d space for Figure 3); the model then exposes ``features(x)``.
 ``pretrained`` loads torchvision's ImageNet-1k weights into the backbone; where they cannot be
 had (no network and no cached copy) that is an error (``WeightsUnavailable``, which the caller
-words for its user), unless ``allow_random_weights``.
+words for its user, or answers with a random backbone where its user allows one).
 """
-import sys
-
 from torch import nn
 from torchvision import models as tvm
 
@@ -56,27 +54,23 @@ class Classifier(nn.Module):
                 layer.reset_parameters()
 
 
-def load_pretrained(net: nn.Module, arch: str, allow_random_weights: bool = False) -> str | None:
+def load_pretrained(net: nn.Module, arch: str) -> str:
     """torchvision's ImageNet-1k weights into ``net``; returns their name. Where they cannot be
-    loaded (offline, proxy, corrupt download) that is ``WeightsUnavailable``, unless
-    ``allow_random_weights``: then a warning, random weights, and None."""
+    loaded (offline, proxy, corrupt download) that is ``WeightsUnavailable``."""
     weights = tvm.get_model_weights(arch)[PRETRAINED]
     try:
         net.load_state_dict(weights.get_state_dict(progress=False, check_hash=True))
         return str(weights)
     except (OSError, RuntimeError, ValueError) as err:
-        reason = f"cannot load the pretrained {arch} weights {weights} ({type(err).__name__}: {err})"
-    if not allow_random_weights:
-        raise WeightsUnavailable(reason)
-    print(f"warning: {reason}; the backbone starts from RANDOM weights", file=sys.stderr, flush=True)
-    return None
+        raise WeightsUnavailable(f"cannot load the pretrained {arch} weights {weights} "
+                                 f"({type(err).__name__}: {err})") from None
 
 
 def _resnet(ctor, cifar_stem: bool):
     def build(num_classes: int, embed_dim: int | None = None, image_size: int | None = None,
-              pretrained: bool = False, allow_random_weights: bool = False):
+              pretrained: bool = False):
         net = ctor()
-        weights = load_pretrained(net, ctor.__name__, allow_random_weights) if pretrained else None
+        weights = load_pretrained(net, ctor.__name__) if pretrained else None
         if cifar_stem:
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
@@ -87,9 +81,9 @@ def _resnet(ctor, cifar_stem: bool):
 
 
 def _vit_b_32(num_classes: int, embed_dim: int | None = None, image_size: int | None = None,
-              pretrained: bool = False, allow_random_weights: bool = False):
+              pretrained: bool = False):
     net = tvm.vit_b_32(image_size=image_size or 224)
-    weights = load_pretrained(net, "vit_b_32", allow_random_weights) if pretrained else None
+    weights = load_pretrained(net, "vit_b_32") if pretrained else None
     net.heads = nn.Identity()  # the backbone returns the class token's representation
     return Classifier(net, net.hidden_dim, num_classes, embed_dim, weights)
 
@@ -103,9 +97,8 @@ ARCHS = {
 
 
 def build_model(arch: str, num_classes: int, embed_dim: int | None = None, *,
-                image_size: int | None = None, pretrained: bool = False,
-                allow_random_weights: bool = False) -> nn.Module:
+                image_size: int | None = None, pretrained: bool = False) -> nn.Module:
     """``image_size`` matters to the ViT only (the ResNets take any input size)."""
     if arch not in ARCHS:
         raise KeyError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
-    return ARCHS[arch](num_classes, embed_dim, image_size, pretrained, allow_random_weights)
+    return ARCHS[arch](num_classes, embed_dim, image_size, pretrained)

@@ -84,11 +84,16 @@ def test_pretrained_weights_unavailable_are_an_error(offline_weights, capsys):
 
 
 def test_pretrained_weights_unavailable_allowed_start_random(offline_weights, capsys):
-    torch.manual_seed(0)
-    model = build_model("resnet18", 3, pretrained=True, allow_random_weights=True)
+    """With --allow-random-weights the run warns once and starts from the random weights that the
+    same command without --pretrained draws (seeded alike, whatever the failed load consumed)."""
+    flags = dict(arch="resnet18", embed_dim=None, image_size=None, allow_random_weights=True,
+                 freeze_backbone=False, seed=3)
+    model = utils.runner.build_model(SimpleNamespace(**flags, pretrained=True), 3, torch.device("cpu"), 1)
     assert isinstance(model, Classifier) and model.weights is None
-    assert "RANDOM weights" in capsys.readouterr().err
-    assert build_model("resnet18", 3).weights is None
+    assert capsys.readouterr().err.count("RANDOM weights") == 1
+    plain = utils.runner.build_model(SimpleNamespace(**flags, pretrained=False), 3, torch.device("cpu"), 1)
+    for (name, a), b in zip(model.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_loaded_pretrained_weights_are_named(monkeypatch):

@@ -143,16 +143,24 @@ def load_data(args, role: str) -> RunData:
 def build_model(args, head_size: int, device: torch.device, world: int) -> nn.Module:
     """The model to train, seeded so that every run of the same command starts from the same
     weights; with --freeze-backbone, only its head is drawn from --seed."""
-    seed_everything(FROZEN_BACKBONE_SEED if args.freeze_backbone else args.seed)
+    def build(pretrained: bool):
+        seed_everything(FROZEN_BACKBONE_SEED if args.freeze_backbone else args.seed)
+        return build_architecture(args.arch, head_size, args.embed_dim, image_size=args.image_size,
+                                  pretrained=pretrained)
+
     try:
         with dist.main_first():  # rank 0 downloads any pretrained weights, the others read its copy
-            model = build_architecture(args.arch, head_size, args.embed_dim, image_size=args.image_size,
-                                       pretrained=args.pretrained, allow_random_weights=args.allow_random_weights)
+            model = build(args.pretrained)
     except WeightsUnavailable as err:
-        raise UserError(f"{err}; fetch them ahead of time on a machine with network access "
-                        f"(python -c \"import torchvision; torchvision.models.get_model_weights('{args.arch}')"
-                        f".{PRETRAINED}.get_state_dict()\") and copy $TORCH_HOME/hub/checkpoints here, "
-                        "or pass --allow-random-weights to go on with a random backbone knowingly") from None
+        if not args.allow_random_weights:
+            raise UserError(f"{err}; fetch them ahead of time on a machine with network access "
+                            f"(python -c \"import torchvision; torchvision.models.get_model_weights('{args.arch}')"
+                            f".{PRETRAINED}.get_state_dict()\") and copy $TORCH_HOME/hub/checkpoints here, "
+                            "or pass --allow-random-weights to go on with a random backbone knowingly") from None
+        if dist.is_main():
+            print(f"warning: {err}; the backbone starts from RANDOM weights (--allow-random-weights)",
+                  file=sys.stderr, flush=True)
+        model = build(pretrained=False)
     if args.freeze_backbone:
         if model.weights is None and dist.is_main():
             print(f"warning: --freeze-backbone without pretrained weights: the frozen {args.arch} "

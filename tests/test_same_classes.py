@@ -127,3 +127,11 @@ def test_updates_on_the_same_classes_score_every_sample(data_growth, method):
     assert results["er_old"] == results["er_all"]
     assert results["setting"] == {"old_fraction": 1.0, "arch": "resnet50", "old_arch": "resnet18",
                                   "old_data_fraction": 0.5}
+
+
+def test_a_class_incremental_old_model_is_refused_for_a_same_class_update(tiny_data, old_ckpt, tmp_path,
+                                                                          call_script):
+    result = call_script("main.py", *common_args(tiny_data, old_fraction=1.0), "--method", "PCT_KL",
+                         "--old-ckpt", old_ckpt, "--output-dir", tmp_path / "run")
+    assert_user_error(result, "trained with 5 old classes", "uses 10", "--old-fraction")
+    assert not (tmp_path / "run").exists()

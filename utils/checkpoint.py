@@ -106,12 +106,13 @@ def load_model(path, role: str, *, num_classes: int, dataset: str, num_old: int 
     if ckpt["dataset"] != dataset:
         raise UserError(f"{path} was trained on {ckpt['dataset']}, not on {dataset}; "
                         f"give a {dataset} checkpoint or --dataset {ckpt['dataset']}")
-    if ckpt["num_classes"] != num_classes:
-        raise UserError(f"{path} has a {ckpt['num_classes']}-class head but the {role} model needs "
-                        f"{num_classes} classes; is it the right file for this role?")
+    # The class split first: a wrong --old-fraction also shows as a head of another size.
     if num_old is not None and ckpt["num_old_classes"] != num_old:
         raise UserError(f"{path} was trained with {ckpt['num_old_classes']} old classes, this run "
                         f"uses {num_old}; use the same --old-fraction")
+    if ckpt["num_classes"] != num_classes:
+        raise UserError(f"{path} has a {ckpt['num_classes']}-class head but the {role} model needs "
+                        f"{num_classes} classes; is it the right file for this role?")
     try:
         model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt.get("embed_dim"),
                             image_size=saved_inputs.get("image_size"))

@@ -199,14 +199,15 @@ def load_references(args, mitigation: Mitigation, data: RunData, model: nn.Modul
     (utils.device.fast_teachers). With --freeze-backbone they run as heads on the cached features."""
     checkpoints = {}
 
-    def load(path, role, classes):
-        ref, ckpt = load_model(path, role, num_classes=classes, dataset=args.dataset, inputs=input_spec(args))
+    def load(path, role, classes, num_old=None):
+        ref, ckpt = load_model(path, role, num_classes=classes, num_old=num_old, dataset=args.dataset,
+                               inputs=input_spec(args))
         check_split(ckpt, path, data.split)
         checkpoints[role] = ckpt
         return prepare_teacher(head_on(ref, model.backbone, path) if args.freeze_backbone else ref, device)
 
     uses = mitigation.method.references
-    old = load(mitigation.old_ckpt, "old", data.num_old)
+    old = load(mitigation.old_ckpt, "old", data.num_old, data.num_old)
     new = load(mitigation.new_ckpt, "new", data.num_classes) if "new" in uses else None
     members = [load(p, "ensemble", data.num_classes) for p in mitigation.ensemble] if "ensemble" in uses else []
     teachers = build_teachers(uses, device, fast_teachers(device, args.precision), old, new, members)

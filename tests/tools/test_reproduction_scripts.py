@@ -25,6 +25,7 @@ def test_quickstart_prints_the_flip_table(tiny_data, tmp_path):
     for row in ("Old model", "New model", "No_Treatment", "PCT_KL", "MPT_KL"):
         assert row in proc.stdout
     assert {p.name for p in out.iterdir()} >= {"old", "new", "No_Treatment", "PCT_KL", "MPT_KL"}
+    assert "takes no" not in proc.stderr  # no method is given another method's flags
 
 
 def test_cpu_reproduction_writes_the_table_and_both_figures(tiny_data, tmp_path):

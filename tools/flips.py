@@ -460,37 +460,41 @@ def _mean_sd_cell(group: dict, key: str) -> str:
     return _num(mean) if sd is None or (isinstance(sd, float) and math.isnan(sd)) else f"{_num(mean)} ± {_num(sd)}"
 
 
+def _table(header: list[str], rows, labels: int = 1) -> list[str]:
+    """A Markdown table: the first ``labels`` columns left-aligned, the numbers right-aligned."""
+    align = ["---"] * labels + ["---:"] * (len(header) - labels)
+    return [f"| {' | '.join(map(str, cells))} |" for cells in (header, align, *rows)]
+
+
 def markdown(report: dict, runs: list[dict], confidence: float, resamples: int, csv_runs: list[str]) -> str:
     level = f"{100 * confidence:g}%"
     entries, group_list = report["runs"], report["groups"]
-    out = ["### Groups (runs that differ only in the seed: mean ± sample sd over them)", "",
-           "| Group | Runs | NFR | Rel-NFR | ER(Y_all) | Flips into new classes (%) | Samples flipping in every run |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    out += [f"| {g['label']} | {g['n']} | {_mean_sd_cell(g, 'nfr')} | {_mean_sd_cell(g, 'rel_nfr')} | "
-            f"{_mean_sd_cell(g, 'er_all')} | {_mean_sd_cell(g, 'flips_to_new_classes')} | "
-            f"{'–' if g['flip_in_every_run'] is None else g['flip_in_every_run']} |" for g in group_list]
+    out = ["### Groups (runs that differ only in the seed: mean ± sample sd over them)", ""]
+    out += _table(["Group", "Runs", "NFR", "Rel-NFR", "ER(Y_all)", "Flips into new classes (%)",
+                   "Samples flipping in every run"],
+                  ([g["label"], g["n"], *(_mean_sd_cell(g, k) for k in ("nfr", "rel_nfr", "er_all", "flips_to_new_classes")),
+                    "–" if g["flip_in_every_run"] is None else g["flip_in_every_run"]] for g in group_list))
     out += ["", f"### Between groups (NFR(a) - NFR(b), means over seeds, Welch {level} interval; "
                 "Holm over the comparisons)", ""]
     if report["group_comparisons"]:
-        out += ["| a | b | NFR(a) - NFR(b) | Welch p | Holm p |", "| --- | --- | ---: | ---: | ---: |"]
-        out += [f"| {c['a']} | {c['b']} | {_ci(c['nfr_diff'], c['nfr_diff_ci'])} | {_p_value(c['welch_p'])} | "
-                f"{_p_value(c['p_holm'])} |" for c in report["group_comparisons"]]
+        out += _table(["a", "b", "NFR(a) - NFR(b)", "Welch p", "Holm p"],
+                      ([c["a"], c["b"], _ci(c["nfr_diff"], c["nfr_diff_ci"]), _p_value(c["welch_p"]),
+                        _p_value(c["p_holm"])] for c in report["group_comparisons"]), labels=2)
     else:
         out.append("None: a comparison over seeds needs two groups of at least 2 runs each (with "
                    "--baseline, the baseline's group among them).")
-    out += ["", f"### Runs ({level} percentile bootstrap intervals, {resamples} resamples)", "",
-            "| Run | C_old | Old-class samples | NFR | Rel-NFR | ER(Y_old) | ER(Y_all) | PFR | Flips into new classes (%) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    out += [f"| {e['label']} | {e['num_old']} | {e['n_old']} | {_ci(e['nfr'], e['nfr_ci'])} | "
-            f"{_ci(e['rel_nfr'], e['rel_nfr_ci'])} | {_num(e['er_old'])} | {_ci(e['er_all'], e['er_all_ci'])} | "
-            f"{_num(e['pfr'])} | {_num(e['flips_to_new_classes'])} |" for e in entries]
+    out += ["", f"### Runs ({level} percentile bootstrap intervals, {resamples} resamples)", ""]
+    out += _table(["Run", "C_old", "Old-class samples", "NFR", "Rel-NFR", "ER(Y_old)", "ER(Y_all)", "PFR",
+                   "Flips into new classes (%)"],
+                  ([e["label"], e["num_old"], e["n_old"], _ci(e["nfr"], e["nfr_ci"]), _ci(e["rel_nfr"], e["rel_nfr_ci"]),
+                    _num(e["er_old"]), _ci(e["er_all"], e["er_all_ci"]), _num(e["pfr"]),
+                    _num(e["flips_to_new_classes"])] for e in entries))
     out += ["", f"### Pairs of runs (same test set and old model; paired {level} bootstrap interval, "
                 "exact McNemar test, Holm over the pairs)", ""]
     if report["pairs"]:
-        out += ["| a | b | NFR(a) - NFR(b) | a only / b only flips | McNemar p | Holm p |",
-                "| --- | --- | ---: | ---: | ---: | ---: |"]
-        out += [f"| {p['a']} | {p['b']} | {_ci(p['nfr_diff'], p['nfr_diff_ci'])} | {p['n01']} / {p['n10']} | "
-                f"{_p_value(p['mcnemar_p'])} | {_p_value(p['p_holm'])} |" for p in report["pairs"]]
+        out += _table(["a", "b", "NFR(a) - NFR(b)", "a only / b only flips", "McNemar p", "Holm p"],
+                      ([p["a"], p["b"], _ci(p["nfr_diff"], p["nfr_diff_ci"]), f"{p['n01']} / {p['n10']}",
+                        _p_value(p["mcnemar_p"]), _p_value(p["p_holm"])] for p in report["pairs"]), labels=2)
     else:
         out.append("No two runs share the test set and the old model's predictions.")
     out += ["", f"### Most frequent negative flips (true class -> updated prediction, top {TOP_FLIPS})", ""]
@@ -499,11 +503,11 @@ def markdown(report: dict, runs: list[dict], confidence: float, resamples: int, 
         out.append(f"- {e['label']}: " + ("; ".join(flips) if flips else "no negative flips"))
     with_margin = [e for e in entries if "margin" in e]
     if with_margin:
-        out += ["", "### Margins z_y - max_{j != y} z_j (old-class samples)", "",
-                "| Run | Old model median | Updated median | Below zero, of the old model's correct (%) |",
-                "| --- | ---: | ---: | ---: |"]
-        out += [f"| {e['label']} | {_num(e['margin']['old_model_median'])} | {_num(e['margin']['median'])} | "
-                f"{_num(e['margin']['share_below_zero_of_old_correct'])} |" for e in with_margin]
+        out += ["", "### Margins z_y - max_{j != y} z_j (old-class samples)", ""]
+        out += _table(["Run", "Old model median", "Updated median", "Below zero, of the old model's correct (%)"],
+                      ([e["label"], *(_num(e["margin"][k]) for k in ("old_model_median", "median",
+                                                                     "share_below_zero_of_old_correct"))]
+                       for e in with_margin))
     out += ["", f"flips.csv: the old-class test samples of {', '.join(csv_runs)}.", ""]
     return "\n".join(out)
 

@@ -21,10 +21,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
-from methods import all_hyperparameters, declared_defaults, hyperparameters
-from tools.run_labels import update_kind
+from methods import all_hyperparameters, hyperparameters
+from tools.run_labels import method_defaults, update_kind
 from utils.checkpoint import read_checkpoint
-from utils.cli import DATASET_DEFAULTS, base_parser
+from utils.cli import base_parser
 from utils.errors import UserError, warn
 from utils.settings import NOT_IDENTITY, flag
 
@@ -44,19 +44,6 @@ def uses_b(method: str | None) -> bool:
         return "b" in hyperparameters(method)
     except KeyError:  # the reference models, or a method this version does not know
         return False
-
-
-@lru_cache(maxsize=None)
-def method_defaults(method: str, dataset: str) -> dict:
-    """The hyperparameters of ``method`` as main.py sets them when not given, for ``dataset``:
-    the method's declared defaults, overridden by the data set's (ImageNet has its own b).
-    Rows at these values are labelled with the bare method name; {} for an unknown method."""
-    try:
-        declared = declared_defaults(method)
-    except KeyError:
-        return {}
-    dataset_defaults = DATASET_DEFAULTS.get(dataset, {})
-    return {k: dataset_defaults.get(k, v) for k, v in declared.items()}
 
 
 @lru_cache(maxsize=None)

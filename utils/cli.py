@@ -5,8 +5,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import sys
 from pathlib import Path
 
 import torch
@@ -17,7 +15,7 @@ from models import ARCHS
 from models.zoo import VIT_PATCH
 from utils.data import DATASETS
 from utils.device import PRECISIONS
-from utils.errors import UserError
+from utils.errors import UserError, warn
 from utils.settings import flag, run_settings
 
 # Defaults that depend on the data set or the architecture, used where neither the command line
@@ -139,9 +137,9 @@ def take_method_flags(args) -> dict:
             setattr(args, param, implied.get(param, own[param]) if value is None else value)
         elif value is not None:
             ignored[flag(param)] = value
-    if ignored and os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
-        print(f"warning: --method {args.method} takes no {', '.join(ignored)}: ignored (not recorded in "
-              "the run's settings, only under ignored_flags in results.json)", file=sys.stderr, flush=True)
+    if ignored:
+        warn(f"--method {args.method} takes no {', '.join(ignored)}: ignored (not recorded in the run's "
+             "settings, only under ignored_flags in results.json)")
     return ignored
 
 

@@ -23,7 +23,7 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except UserError as err:
-            rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+            rank = _rank()
             if rank:
                 time.sleep(OTHER_RANKS_WAIT_S)
             print(f"{f'[rank {rank}] ' if rank else ''}error: {err}", file=sys.stderr, flush=True)
@@ -32,4 +32,12 @@ def exit_on_user_error(main):
 
 
 def warn(message: str):
-    print(f"warning: {message}", file=sys.stderr)
+    """One line on stderr; under torchrun from rank 0 alone (every process meets the same)."""
+    if _rank() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 in a single process), read from the environment:
+    errors and warnings may come before the process group starts."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0

@@ -25,7 +25,7 @@ from utils.checkpoint import atomic_save, load_model, model_checkpoint, old_mode
 from utils.data import Dataset, input_spec, load_dataset, num_old_classes, old_data_subset, validation_split
 from utils.device import fast_teachers, prefers_channels_last, setup_device
 from utils.engine import NonFiniteLoss, Teachers, build_teachers, min_share, prepare_teacher, progress, train_one_epoch
-from utils.errors import UserError
+from utils.errors import UserError, warn
 from utils.evaluation import Scorer, Scores
 from utils.features import cache_features, head_on
 from utils.outputs import (
@@ -157,14 +157,11 @@ def build_model(args, head_size: int, device: torch.device, world: int) -> nn.Mo
                             f"(python -c \"import torchvision; torchvision.models.get_model_weights('{args.arch}')"
                             f".{PRETRAINED}.get_state_dict()\") and copy $TORCH_HOME/hub/checkpoints here, "
                             "or pass --allow-random-weights to go on with a random backbone knowingly") from None
-        if dist.is_main():
-            print(f"warning: {err}; the backbone starts from RANDOM weights (--allow-random-weights)",
-                  file=sys.stderr, flush=True)
+        warn(f"{err}; the backbone starts from RANDOM weights (--allow-random-weights)")
         model = build(pretrained=False)
     if args.freeze_backbone:
-        if model.weights is None and dist.is_main():
-            print(f"warning: --freeze-backbone without pretrained weights: the frozen {args.arch} "
-                  "backbone has RANDOM weights", file=sys.stderr, flush=True)
+        if model.weights is None:
+            warn(f"--freeze-backbone without pretrained weights: the frozen {args.arch} backbone has RANDOM weights")
         seed_everything(args.seed)
         model.reset_head()
         model.backbone.requires_grad_(False)
@@ -197,21 +194,19 @@ def load_references(args, mitigation: Mitigation, data: RunData, model: nn.Modul
                     device: torch.device) -> References:
     """The old model (scored as it is) and the teachers the method uses, prepared for training
     (utils.device.fast_teachers). With --freeze-backbone they run as heads on the cached features."""
-    checkpoints = {}
-
     def load(path, role, classes, num_old=None):
+        """The prepared reference model and its checkpoint."""
         ref, ckpt = load_model(path, role, num_classes=classes, num_old=num_old, dataset=args.dataset,
                                inputs=input_spec(args))
         check_split(ckpt, path, data.split)
-        checkpoints[role] = ckpt
-        return prepare_teacher(head_on(ref, model.backbone, path) if args.freeze_backbone else ref, device)
+        return prepare_teacher(head_on(ref, model.backbone, path) if args.freeze_backbone else ref, device), ckpt
 
     uses = mitigation.method.references
-    old = load(mitigation.old_ckpt, "old", data.num_old, data.num_old)
-    new = load(mitigation.new_ckpt, "new", data.num_classes) if "new" in uses else None
-    members = [load(p, "ensemble", data.num_classes) for p in mitigation.ensemble] if "ensemble" in uses else []
+    old, old_ckpt = load(mitigation.old_ckpt, "old", data.num_old, data.num_old)
+    new = load(mitigation.new_ckpt, "new", data.num_classes)[0] if "new" in uses else None
+    members = [load(p, "ensemble", data.num_classes)[0] for p in mitigation.ensemble] if "ensemble" in uses else []
     teachers = build_teachers(uses, device, fast_teachers(device, args.precision), old, new, members)
-    return References(old, teachers, old_model_setting(checkpoints["old"]))
+    return References(old, teachers, old_model_setting(old_ckpt))
 
 
 def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer: Scorer,

@@ -98,3 +98,11 @@ def test_a_user_error_is_printed_by_rank_0_and_late_by_the_others(monkeypatch, c
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines() == [line]
     assert slept == waited
+
+
+@pytest.mark.parametrize("world, rank, printed", [("1", "0", True), ("3", "0", True), ("3", "2", False)])
+def test_a_warning_is_printed_by_rank_0_alone(monkeypatch, capsys, world, rank, printed):
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("RANK", rank)
+    utils.errors.warn("--method PCT_KL takes no --b")
+    assert capsys.readouterr().err.splitlines() == (["warning: --method PCT_KL takes no --b"] if printed else [])

@@ -90,6 +90,21 @@ def write_tiny_imagenet(root: Path, num_classes: int = 4, train: int = 6, val: i
     return root
 
 
+def augmented_by_index(loader, epoch: int) -> dict:
+    """sample index -> its augmented image in ``epoch`` (a SeededLoader; the loader yields the
+    rows of its batch sampler's items in order)."""
+    loader.set_epoch(epoch)
+    order = [index for batch in loader.batches for _, _, index in batch]
+    images = torch.cat([x for x, _ in loader])
+    return dict(zip(order, images))
+
+
+def agreement(a: dict, b: dict) -> float:
+    """The share of samples augmented identically in two epochs or runs."""
+    assert a.keys() == b.keys()
+    return sum(torch.equal(a[i], b[i]) for i in a) / len(a)
+
+
 def common_args(data_root, epochs: int = 1, **flags) -> list[str]:
     """The flags of a fast CPU run on the tiny data set; ``flags`` add or override
     (``batch_size=8`` -> ``--batch-size 8``)."""

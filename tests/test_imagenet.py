@@ -8,7 +8,17 @@ import pytest
 import torch
 
 import main
-from conftest import assert_ok, kill_after_first_epoch, run_inline, run_script, script_command, script_env
+from conftest import (
+    agreement,
+    assert_ok,
+    augmented_by_index,
+    kill_after_first_epoch,
+    run_inline,
+    run_script,
+    script_command,
+    script_env,
+    write_tiny_imagenet,
+)
 from utils.checkpoint import read_checkpoint
 from utils.cli import parse, take_method_flags
 from utils.data import load_dataset
@@ -71,6 +81,23 @@ def test_each_process_gets_its_share_of_the_one_process_batches_with_the_same_cr
         assert len(shard) == 3
         for (x, y), (xs, ys) in zip(single, shard):
             assert torch.equal(ys, y[rank::3]) and torch.equal(xs, x[rank::3])
+
+
+def test_crops_and_flips_change_with_the_epoch_and_the_seed_and_repeat_for_any_workers(tmp_path):
+    """100 training images through RandomResizedCrop + flip: no image is cropped alike in two
+    epochs or under two seeds (a seed that loses its epoch or its run seed repeats them all),
+    and every image alike with and without loader workers."""
+    data = load_dataset("imagenet", write_tiny_imagenet(tmp_path / "data", num_classes=4, train=25, val=1))
+
+    def crops(seed, epoch, workers=0):
+        args = argparse.Namespace(image_size=32, batch_size=25, seed=seed, workers=workers, eval_batch_size=8)
+        return augmented_by_index(data.inputs(args, torch.device("cpu")).train_loader, epoch)
+
+    seed42 = crops(42, 0)
+    assert len(seed42) == 100
+    assert agreement(seed42, crops(42, 1)) <= 0.05
+    assert agreement(seed42, crops(43, 0)) <= 0.05
+    assert agreement(seed42, crops(42, 0, workers=2)) == 1
 
 
 @pytest.mark.slow

@@ -40,8 +40,8 @@ EPOCHS = 3
 def results(run_dir):
     """results.json without what names the run's own files (--output-dir, --save, --resume)."""
     out = json.loads((run_dir / "results.json").read_text())
-    out.pop("checkpoint")
-    out.pop("config")
+    for name in ("checkpoint", "config", "command"):
+        out.pop(name)
     return out
 
 
@@ -95,6 +95,28 @@ def test_resumed_update_equals_uninterrupted_run(update_args, uninterrupted_upda
         for name in want.files:
             np.testing.assert_array_equal(got[name], want[name])
     assert_same_checkpoint(run_dir / "checkpoint.pth", reference / "checkpoint.pth")
+
+
+def test_resume_auto_starts_afresh_continues_a_killed_run_and_leaves_a_finished_one(update_args,
+                                                                                     uninterrupted_update, tmp_path):
+    """A requeued job repeats its command unchanged: the first start finds no state, the second
+    continues where a kill -9 left it (its half-written save removed), the third finds it done."""
+    run_dir = tmp_path / "run"
+    command = [*update_args, "--output-dir", run_dir, "--resume", "auto"]
+    kill_after_first_epoch(script_command("main.py", *command), run_dir, script_env(), settle=0.1)
+    stale = run_dir / ".state.pth.4242-0badf00d.tmp"   # what a save killed mid-write leaves
+    stale.write_bytes(b"half a checkpoint")
+    resumed = run_script("main.py", *command)
+    assert_ok(resumed)
+    assert "epoch 1/3" not in resumed.stdout and "epoch 3/3" in resumed.stdout
+    assert not stale.exists()
+    assert results(run_dir) == results(uninterrupted_update)
+    assert epoch_records(run_dir) == epoch_records(uninterrupted_update)
+    before = file_hashes(run_dir)
+    again = run_script("main.py", *command)
+    assert_ok(again)
+    assert "finished" in again.stdout and "epoch" not in again.stdout
+    assert file_hashes(run_dir) == before
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ Predictions are plain fp32, as every score of this repository.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +26,7 @@ from utils.engine import prepare_teacher
 from utils.errors import exit_on_user_error
 from utils.evaluation import Scorer
 from utils.outputs import prepare_output_dir, results_record, write_json, write_predictions
+from utils.provenance import code_version
 from utils.runner import load_data
 
 # The settings that decide which images are scored and how they are fed: taken from MODEL's
@@ -67,6 +69,7 @@ def settings(argv) -> tuple[SimpleNamespace, dict]:
 
 @exit_on_user_error
 def main(argv=None) -> dict:
+    command = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args, given = settings(argv)
     validate(args)
     device = setup_device(args.device)
@@ -90,8 +93,10 @@ def main(argv=None) -> dict:
     write_json(out_dir / "results.json", {
         **results_record("update", scores.metrics, args.ckpt, data, ckpt.get("weights"), config,
                          setting={"old_fraction": args.old_fraction, "arch": ckpt["arch"],
-                                  **old_model_setting(old_ckpt)}, device=args.device),
-        "evaluated": {"role": ckpt.get("role"), "old_checkpoint": args.old_ckpt, "flags": given}})
+                                  **old_model_setting(old_ckpt)}, device=args.device,
+                         made_by={"code": code_version(), "command": ["tools.evaluate", *command]}),
+        "evaluated": {"role": ckpt.get("role"), "old_checkpoint": args.old_ckpt, "flags": given,
+                      "trained_by": {k: ckpt.get(k) for k in ("code", "command")}}})
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'predictions.npz'}")
     return scores.metrics
 

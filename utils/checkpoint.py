@@ -6,6 +6,7 @@ set, class split, epoch and the metrics at save time.
 """
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import secrets
@@ -43,6 +44,14 @@ def atomic_write(path: str | os.PathLike, write):
         raise
 
 
+def remove_stale_temporaries(path: str | os.PathLike):
+    """Delete the temporary files of ``path`` that an ``atomic_write`` killed mid-write left
+    behind (a run removes its own files' at start: no other process writes them then)."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_save(obj, path: str | os.PathLike):
     """torch.save, atomically (``atomic_write``)."""
     atomic_write(path, lambda f: torch.save(obj, f))
@@ -50,16 +59,17 @@ def atomic_save(obj, path: str | os.PathLike):
 
 def model_checkpoint(model, *, arch, num_classes, embed_dim, dataset, num_old, role, epoch,
                      metrics, config, inputs: dict | None = None, split: dict | None = None,
-                     weights: str | None = None, old_data: dict | None = None) -> dict:
+                     weights: str | None = None, old_data: dict | None = None, made_by: dict | None = None) -> dict:
     """``inputs``: ``utils.data.input_spec`` of the run (image size and normalisation);
     ``split``: the validation split the model was trained without (``utils.data.validation_split``;
     None: trained on the whole training set); ``weights``: the pretrained weights it started from;
-    ``old_data``: an old model's share of the training images (``utils.data.old_data_subset``)."""
+    ``old_data``: an old model's share of the training images (``utils.data.old_data_subset``);
+    ``made_by``: the code and command that made it ({"code": ..., "command": [...]})."""
     return {"format": FORMAT, "model": unwrap(model).state_dict(), "arch": arch,
             "num_classes": num_classes, "embed_dim": embed_dim, "inputs": inputs, "dataset": dataset,
             "num_old_classes": num_old, "role": role, "epoch": epoch, "metrics": metrics,
             "config": config, "split": split, "weights": weights,
-            "old_data": old_data}
+            "old_data": old_data, **(made_by or {})}
 
 
 def old_model_setting(ckpt: dict) -> dict:

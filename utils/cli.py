@@ -5,6 +5,7 @@ import argparse
 import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -88,7 +89,11 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50, help="read the loss from the device every N steps")
     p.add_argument("--output-dir", metavar="DIR", help="run folder (default: runs/<role>/<settings>-<hash>)")
     p.add_argument("--save", metavar="PATH", help="where the trained model's checkpoint goes")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --output-dir")
+    p.add_argument("--resume", nargs="?", const="yes", default="no", choices=["no", "yes", "auto"],
+                   metavar="auto",
+                   help="--resume: continue the run saved in --output-dir (an error where none is); "
+                        "--resume auto: continue it where one is saved, start afresh where none is, and "
+                        "exit 0 at once where the run has finished (a requeued job repeats its command)")
     return p
 
 
@@ -188,7 +193,10 @@ def parse(parser: argparse.ArgumentParser, argv=None, section: str | None = None
     method_params = set(all_hyperparameters())  # take_method_flags fills them in, for their methods only
     parser.set_defaults(**{k: v for k, v in implied.items()
                            if k in known and k not in config and k not in method_params})
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # The command as typed (recorded in results.json, never part of the run's identity).
+    args.command = [CONFIG_SECTIONS.get(section, parser.prog), *(sys.argv[1:] if argv is None else map(str, argv))]
+    return args
 
 
 def load_config(parser, path, section: str | None = None) -> dict:

@@ -22,7 +22,17 @@ from utils.device import prefers_channels_last
 from utils.errors import UserError
 from utils.image_files import CIFAR_FILES, DATASETS, cifar_batches, cifar_folder, class_images, read_pickle
 from utils.imagenet import load_imagenet
-from utils.inputs import NORMALIZATION, Dataset, ImageSet, Normalize, TensorInputs, TrainLoader, class_folders
+from utils.inputs import (
+    NORMALIZATION,
+    SPLIT,
+    Dataset,
+    ImageSet,
+    Normalize,
+    TensorInputs,
+    TrainLoader,
+    class_folders,
+    mix_seed,
+)
 from utils.pil_pipeline import pil_train_loader
 
 
@@ -167,7 +177,7 @@ def _read_cifar_pickles(name: str, folder: Path) -> TensorDataset:
 
 def stratified_split(targets: torch.Tensor, fraction: float, seed: int):
     """Indices (keep, held_out): ``fraction`` of every class held out, chosen with ``seed``."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(mix_seed(SPLIT, seed))
     keep, held = [], []
     for c in targets.unique():
         idx = (targets == c).nonzero().flatten()

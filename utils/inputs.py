@@ -16,6 +16,7 @@ from (seed, epoch, sample index) (``SeededSamples``).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -133,17 +134,29 @@ class Normalize:
 
 
 
+# What a mixed seed is for: streams of different purposes never share a seed.
+ORDER, AUGMENT, SPLIT = 0, 1, 2
+
+
+def mix_seed(*parts: int) -> int:
+    """One 32-bit seed hashed (BLAKE2b) from all of ``parts``, integers of any size. torch's CPU
+    generator keeps only a seed's low 32 bits, so a seed made by arithmetic (seed * 2**32 +
+    index) loses its high parts; a hashed one keeps every part's entropy: neighbouring tuples
+    and seeds beyond 2**32 give unrelated values. (numpy's SeedSequence mixes as well, at five
+    times the cost: this runs once per training image.)"""
+    key = ",".join(map(str, parts)).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little")
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch's data order and augmentation; neighbouring (seed, epoch) pairs
-    never collide."""
-    return seed * 1_000_003 + epoch
+    """The seed of one epoch's data order (and, on the CIFAR tensor pipeline, augmentation)."""
+    return mix_seed(ORDER, seed, epoch)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The seed of one training sample's augmentation in one epoch (``index``: its place in the
-    training set): the same in every process, loader worker and resumed run, and distinct for
-    distinct (epoch, index) below 2**32 samples."""
-    return (epoch_seed(seed, epoch) * 2**32 + index) % 2**63
+    training set): the same in every process, loader worker and resumed run."""
+    return mix_seed(AUGMENT, seed, epoch, index)
 
 
 class BatchPlan:
@@ -245,11 +258,12 @@ class TrainLoader:
 
 class SeededSamples(torch.utils.data.Dataset):
     """The training samples of a per-image pipeline, each augmented from its own seed: an item
-    is (index, seed), and sample ``index`` of ``samples`` (an untransformed (image, target))
-    goes through the random ``transform`` with torch's random state set from ``seed`` for that
-    one sample. The augmentation is then a function of (seed, epoch, index) alone
-    (``sample_seed``): not of the loader worker that makes it (workers are seeded alike on every
-    rank), of --workers, of the number of processes, nor of the epoch a run resumed at."""
+    is (seed, epoch, index), and sample ``index`` of ``samples`` (an untransformed (image,
+    target)) goes through the random ``transform`` with torch's CPU generator seeded from
+    ``sample_seed(seed, epoch, index)`` for that one sample. The augmentation is then a function
+    of (seed, epoch, index) alone: not of the loader worker that makes it (workers are seeded
+    alike on every rank), of --workers, of the number of processes, nor of the epoch a run
+    resumed at. The seed is mixed here, in the loader workers, not in the training process."""
 
     def __init__(self, samples, transform):
         self.samples, self.transform = samples, transform
@@ -258,17 +272,25 @@ class SeededSamples(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, item):
-        index, seed = item
+        seed, epoch, index = item
         image, target = self.samples[index]
-        # fork_rng: with --workers 0 this runs in the training process, whose state must not move.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # With --workers 0 this runs in the training process, whose random state must not move:
+        # the CPU generator's state is put back (fork_rng(devices=[]) does the same at three
+        # times the cost). Only the CPU generator is seeded: torchvision's transforms draw from
+        # it alone, and torch.manual_seed would also seed (and cost a call into) every GPU.
+        generator = torch.default_generator
+        state = generator.get_state()
+        try:
+            generator.manual_seed(sample_seed(seed, epoch, index))
             return self.transform(image), target
+        finally:
+            generator.set_state(state)
 
 
 class SeededBatches:
-    """Batch sampler over ``SeededSamples``: this process's (index, seed) items of each step of
-    the current epoch, cut by ``plan`` from the epoch's permutation (drawn from (seed, epoch))."""
+    """Batch sampler over ``SeededSamples``: this process's (seed, epoch, index) items of each
+    step of the current epoch, cut by ``plan`` from the epoch's permutation (drawn from
+    (seed, epoch))."""
 
     def __init__(self, plan: BatchPlan, seed: int):
         self.plan, self.seed, self.epoch = plan, seed, 0
@@ -279,7 +301,7 @@ class SeededBatches:
     def __iter__(self):
         g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         for share in self.plan.shares(torch.randperm(self.plan.n, generator=g)):
-            yield [(i, sample_seed(self.seed, self.epoch, i)) for i in share.tolist()]
+            yield [(self.seed, self.epoch, i) for i in share.tolist()]
 
 
 class SeededLoader:

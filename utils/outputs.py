@@ -23,6 +23,10 @@ from utils.metrics import margins
 LOGITS_MAX_CLASSES = 100
 
 
+RESULTS_FILE = "results.json"   # written last: its presence marks a finished run
+PREDICTIONS_FILE = "predictions.npz"
+
+
 def check_writable(path: Path, flag: str, folder: bool):
     """Fail, writing nothing, when the folder (``folder``) or file that ``flag`` names cannot be
     created or replaced: it is of the other kind, or its nearest existing folder is a file or
@@ -86,13 +90,15 @@ def write_predictions(path: Path, targets, scores, num_old: int, save_logits: bo
 
 def results_record(role: str, metrics: dict, checkpoint, data, weights: str | None, config: dict,
                    setting: dict | None = None, device: str | None = None,
-                   ignored_flags: dict | None = None) -> dict:
+                   ignored_flags: dict | None = None, made_by: dict | None = None) -> dict:
     """The content of results.json: the metrics (validation ones under "val"), the model's
     checkpoint, the class split (``data``: utils.runner.RunData), the number of training images,
     the validation split and an old model's share of the images, the kind of experiment
     (``setting``: utils.runner.run_setting), the pretrained weights the model started from, the
     settings, the flags of other methods given to an update (``ignored_flags``: {"--b": 2.0}; not
-    in the settings) and the software and hardware (of ``device``, by default the settings' own)."""
+    in the settings), the code and command that made the run (``made_by``: {"code": {"commit",
+    "dirty"} or None, "command": [...]}) and the software and hardware (of ``device``, by
+    default the settings' own)."""
     record = {"role": role, **metrics, "checkpoint": str(checkpoint), "num_old": data.num_old,
               "num_classes": data.num_classes, "classes": data.classes, "train_size": len(data.dataset.train),
               "split": data.split}
@@ -101,4 +107,4 @@ def results_record(role: str, metrics: dict, checkpoint, data, weights: str | No
     record.update(setting=setting, weights=weights, config=config)
     if ignored_flags is not None:
         record["ignored_flags"] = ignored_flags
-    return {**record, "environment": environment(device or config["device"])}
+    return {**record, **(made_by or {}), "environment": environment(device or config["device"])}

@@ -8,6 +8,7 @@ state utils/state.py, the files utils/outputs.py.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from methods import get_method
 from models import build_model as build_architecture
 from models.zoo import PRETRAINED, WeightsUnavailable
 from utils import distributed as dist
-from utils.checkpoint import atomic_save, load_model, model_checkpoint, old_model_setting
+from utils.checkpoint import atomic_save, load_model, model_checkpoint, old_model_setting, remove_stale_temporaries
 from utils.data import Dataset, input_spec, load_dataset, num_old_classes, old_data_subset, validation_split
 from utils.device import fast_teachers, prefers_channels_last, setup_device
 from utils.engine import NonFiniteLoss, Teachers, build_teachers, min_share, prepare_teacher, progress, train_one_epoch
@@ -29,6 +30,8 @@ from utils.errors import UserError, warn
 from utils.evaluation import Scorer, Scores
 from utils.features import cache_features, head_on
 from utils.outputs import (
+    PREDICTIONS_FILE,
+    RESULTS_FILE,
     check_writable,
     checkpoint_path,
     prepare_output_dir,
@@ -36,8 +39,9 @@ from utils.outputs import (
     write_json,
     write_predictions,
 )
+from utils.provenance import code_version
 from utils.settings import flag
-from utils.state import STATE_FILE, read_state, restore, save_state, seed_everything
+from utils.state import LOG_FILE, STATE_FILE, read_state, restore, save_state, seed_everything
 
 LR_STEP_EPOCHS = 30           # --lr-schedule step: x0.1 every 30 epochs (the ImageNet recipe)
 # --freeze-backbone without pretrained weights: every run draws the same random backbone (as
@@ -93,7 +97,11 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
         # run folder and --save file exactly as they were.
         check_writable(out_dir, "--output-dir", folder=True)
         check_writable(checkpoint_path(args, out_dir), "--save", folder=False)
-        state = read_state(out_dir, args) if args.resume else None
+        state = read_state(out_dir, args, required=args.resume == "yes") if args.resume != "no" else None
+        if args.resume == "auto" and finished(out_dir, state, args.epochs):
+            if dist.is_main():
+                print(f"{out_dir} holds a finished run ({RESULTS_FILE}); nothing to do", flush=True)
+            return json.loads((out_dir / RESULTS_FILE).read_text())
         data = load_data(args, role)
         model = build_model(args, data.head_size, device, world)
         net = model.head() if args.freeze_backbone else model
@@ -104,6 +112,9 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
         scorer = Scorer(inputs, role, data.num_old, device, refs.old_model if refs else None)
         if dist.is_main():
             prepare_output_dir(out_dir)
+            for path in (*(out_dir / name for name in (STATE_FILE, LOG_FILE, RESULTS_FILE, PREDICTIONS_FILE)),
+                         checkpoint_path(args, out_dir)):
+                remove_stale_temporaries(path)  # of a save that a killed run left
         loss_fn = mitigation.method if mitigation else get_method("No_Treatment")  # plain cross-entropy
         loss_fn.num_old = data.num_old
         scores = fit(args, role, model, net, inputs, loss_fn, refs.teachers if refs else Teachers(),
@@ -115,6 +126,12 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
         return scores.metrics
     finally:
         dist.shutdown()  # on errors too: no rank leaves with its process group open
+
+
+def finished(out_dir: Path, state: dict | None, epochs: int) -> bool:
+    """Whether ``out_dir`` holds a finished run: its results.json (written last), and no saved
+    state of an unfinished epoch."""
+    return (out_dir / RESULTS_FILE).is_file() and (state is None or state["epoch"] == epochs - 1)
 
 
 def load_data(args, role: str) -> RunData:
@@ -313,13 +330,15 @@ def write_outputs(args, role: str, out_dir: Path, model, data: RunData, test_tar
     """The final files, written only after the run succeeded: the model checkpoint (--save),
     results.json and, for an update, predictions.npz."""
     save_path = checkpoint_path(args, out_dir)
+    config = {k: v for k, v in vars(args).items() if k != "command"}
+    made_by = {"code": code_version(), "command": args.command}
     atomic_save(model_checkpoint(model, arch=args.arch, num_classes=data.head_size, embed_dim=args.embed_dim,
                                  dataset=args.dataset, num_old=data.num_old, role=role,
-                                 epoch=args.epochs - 1, metrics=scores.metrics, config=vars(args),
+                                 epoch=args.epochs - 1, metrics=scores.metrics, config=config,
                                  inputs=input_spec(args), split=data.split, weights=model.weights,
-                                 old_data=data.old_data), save_path)
+                                 old_data=data.old_data, made_by=made_by), save_path)
     if mitigation is not None:
-        write_predictions(out_dir / "predictions.npz", test_targets, scores, data.num_old, mitigation.save_logits)
-    write_json(out_dir / "results.json",
-               results_record(role, scores.metrics, save_path, data, model.weights, vars(args), setting,
-                              ignored_flags=mitigation.ignored_flags if mitigation else None))
+        write_predictions(out_dir / PREDICTIONS_FILE, test_targets, scores, data.num_old, mitigation.save_logits)
+    write_json(out_dir / RESULTS_FILE,
+               results_record(role, scores.metrics, save_path, data, model.weights, config, setting,
+                              ignored_flags=mitigation.ignored_flags if mitigation else None, made_by=made_by))

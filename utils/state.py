@@ -53,12 +53,15 @@ def write_log(out_dir: Path, history: list):
     atomic_write(out_dir / LOG_FILE, lambda f: f.write(text.encode()))
 
 
-def read_state(out_dir: Path, args) -> dict:
+def read_state(out_dir: Path, args, required: bool = True) -> dict | None:
     """The state saved after the last finished epoch, for --resume, once its settings are
-    checked against the command's."""
+    checked against the command's; None where none is saved and none is ``required``."""
     path = out_dir / STATE_FILE
     if not path.is_file():
-        raise UserError(f"--resume: no saved state in {out_dir}; start the run without --resume")
+        if not required:
+            return None
+        raise UserError(f"--resume: no saved state in {out_dir}; start the run without --resume "
+                        "(or with --resume auto)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice

@@ -28,16 +28,19 @@ def test_quickstart_prints_the_flip_table(tiny_data, tmp_path):
     assert "takes no" not in proc.stderr  # no method is given another method's flags
 
 
-def test_cpu_reproduction_writes_the_table_and_both_figures(tiny_data, tmp_path):
+def test_cpu_reproduction_trains_every_method_and_writes_the_table_the_flips_and_figure_4(tiny_data, tmp_path):
     out = tmp_path / "cpu"
-    run_bash_script("cpu_reproduction.sh", tiny_data, out, EPOCHS="1", SEEDS="42")
+    proc = run_bash_script("cpu_reproduction.sh", tiny_data, out, EPOCHS="1", SEEDS="42")
     rows = {r["row"]: r for r in csv.DictReader((out / "tables.csv").open()) if r["split"] == "test"}
     assert set(rows) == {
-        "Old model", "New model", "No_Treatment", "No_Treatment (data_pipeline=pil)", "PCT_KL",
-        "MPT_KL_nobias", "MPT_KL (b=0)", "MPT_KL (b=1)", "MPT_KL (b=2)", "MPT_KL", "MPT_KL (b=8)",
-        "MPT_LM (b=0, lm_weight=0.04)", "MPT_LM (b=2, lm_weight=0.04)", "MPT_LM (lm_weight=0.04)"}
-    # The sweep's b = 1 and b = 4 runs are the table's (linked), counted once.
-    assert (out / "sweep" / "MPT_KL" / "b4" / "seed42").is_symlink()
+        "Old model", "New model", "No_Treatment", "PCT_Naive", "PCT_KL", "PCT_LM (lm_weight=0.04)",
+        "ELODI (elodi_warmup=1)", "ELODI_topk (elodi_warmup=1)", "MPT_KL", "MPT_KL (b=1)", "MPT_KL (b=2)",
+        "MPT_LM (lm_weight=0.04)", "MPT_nodistillation", "MPT_KL_nobias", "MPT_LM_nobias (lm_weight=0.04)"}
     assert {r["runs"] for r in rows.values()} == {"1"}
-    for figure in ("b_sweep.png", "embeddings.png"):
-        assert_figure(out / figure)
+    assert len(list((out / "ensemble").glob("ckpt_*.pth"))) == 8
+    assert (out / "flips" / "flips.json").is_file()
+    assert_figure(out / "b_sweep.png")
+    # Repeated, the command finds every run finished and trains nothing.
+    again = run_bash_script("cpu_reproduction.sh", tiny_data, out, EPOCHS="1", SEEDS="42")
+    assert again.stdout.count("done: ") == proc.stdout.count("done: ") == 2 + 8 + 13
+    assert "nothing to do" in (out / "update" / "MPT_KL-seed42" / "train.log").read_text()

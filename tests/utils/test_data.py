@@ -11,17 +11,21 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.io import write_png
 
-from conftest import write_cifar_pickles
+from conftest import agreement, augmented_by_index, write_cifar_pickles
 from utils.data import load_dataset, stratified_split
 from utils.errors import UserError
 from utils.inputs import (
+    AUGMENT,
     CIFAR_MEAN,
     CIFAR_STD,
+    ORDER,
     BatchPlan,
     ImageSet,
     Normalize,
     SeededBatches,
     TrainLoader,
+    epoch_seed,
+    mix_seed,
     random_crop_flip,
     sample_seed,
 )
@@ -134,6 +138,8 @@ def test_epoch_randomness_depends_only_on_seed_and_epoch():
     assert not same(draw(1, 2), draw(2, 2))
     # No collision between neighbouring (seed, epoch) pairs, as seed + epoch would give.
     assert not same(draw(1, 2), draw(2, 1))
+    # Nor between seeds that agree in their low 32 bits (the generator keeps only those).
+    assert not same(draw(4295, 0), draw(4295 + 2**32, 0))
 
 
 def test_every_sample_appears_once_per_epoch():
@@ -210,20 +216,36 @@ def test_a_tail_too_short_for_every_process_is_dropped_and_counted(n, world, min
     assert {len(p) for p in plans} == {-(-(n - dropped) // 6)}
 
 
-def test_sample_seeds_depend_on_seed_epoch_and_index_only():
-    seeds = {sample_seed(s, e, i) for s in (0, 1) for e in range(3) for i in range(1000)}
-    assert len(seeds) == 2 * 3 * 1000
-    assert all(0 <= x < 2**63 for x in seeds)
-    # Every rank's batch sampler gives a sample the same seed, the seed of its (epoch, index).
+def test_mixed_seeds_are_32_bit_and_distinct_for_neighbouring_parts_and_huge_seeds():
+    seeds = [sample_seed(s, e, i) for s in (0, 1, 2**32, 2**32 + 1, 2**40) for e in range(3) for i in range(400)]
+    assert len(set(seeds)) == len(seeds)
+    assert all(0 <= x < 2**32 for x in seeds)
+    # torch keeps a seed's low 32 bits: seeds that agree there must still mix apart.
+    assert mix_seed(5) != mix_seed(5 + 2**32) and epoch_seed(4295, 0) != epoch_seed(4295 + 2**32, 0)
+    # The purposes never share a stream: an epoch's order is not a sample's augmentation.
+    assert epoch_seed(3, 0) != sample_seed(3, 0, 0) and mix_seed(ORDER, 3, 0) != mix_seed(AUGMENT, 3, 0)
+
+
+def test_every_rank_gives_a_sample_the_items_of_its_seed_epoch_and_index():
     items = {}
     for world in (1, 3):
         for rank in range(world):
             batches = SeededBatches(BatchPlan(23, 6, rank, world), seed=5)
             batches.epoch = 2
             for batch in batches:
-                for index, seed in batch:
-                    assert items.setdefault(index, seed) == seed == sample_seed(5, 2, index)
+                for seed, epoch, index in batch:
+                    assert items.setdefault(index, (seed, epoch)) == (5, 2)
     assert sorted(items) == list(range(23))
+
+
+def test_pil_crops_and_flips_change_with_the_epoch_and_the_seed_and_repeat_for_any_workers():
+    """Over 100 images, RandomCrop(32, padding=4) + flip repeat an image's crop by chance in
+    1 / 162 of the samples; a seed that loses its epoch or its run seed repeats them all."""
+    data = random_set(100)
+    seed42 = augmented_by_index(pil_loader(data, seed=42), 0)
+    assert agreement(seed42, augmented_by_index(pil_loader(data, seed=42), 1)) <= 0.05
+    assert agreement(seed42, augmented_by_index(pil_loader(data, seed=43), 0)) <= 0.05
+    assert agreement(seed42, augmented_by_index(pil_loader(data, seed=42, workers=2), 0)) == 1
 
 
 # --------------------------------------------------------------------------------------------

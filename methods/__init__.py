@@ -3,7 +3,7 @@
     from methods import get_method
     loss_fn = get_method("MPT_KL", b=4.0)
     loss = loss_fn(logits, targets, old_logits=old, new_logits=new, epoch=epoch)
-    terms = loss_fn.loss_terms(logits, targets, old_logits=old, new_logits=new, epoch=epoch)
+    terms = loss_fn.terms(logits, targets, old_logits=old, new_logits=new, epoch=epoch)   # each term
 
 A method is one module of this package: every module whose name does not start with "_" is
 imported here, and its ``@register("Name")`` classes become methods (registry.py and losses.py

@@ -19,11 +19,13 @@ class Option:
     """What a hyperparameter means and which numbers it takes (every number must be finite)."""
     help: str = ""
     min: float | None = None   # the value must be >= min
+    max: float | None = None   # the value must be <= max
     positive: bool = False     # the value must be > 0
+    type: type | None = None   # the flag's type where the default is None (the term is off)
 
     def check(self, value) -> str | None:
         """What is wrong with ``value`` ("must be positive"), or None. Only numbers are checked."""
-        if not isinstance(value, (int, float)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
             return None
         if not math.isfinite(value):
             return "must be finite"
@@ -31,6 +33,8 @@ class Option:
             return "must be positive"
         if self.min is not None and not value >= self.min:
             return f"must be >= {self.min:g}"
+        if self.max is not None and not value <= self.max:
+            return f"must be <= {self.max:g}"
         return None
 
 
@@ -74,16 +78,48 @@ class Method:
         return old_logits.shape[1]
 
     def loss_terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0) -> dict:
-        """{term name: scalar tensor}, the terms whose sum is the loss."""
+        """{term name: scalar tensor}, the terms whose sum is the loss (inputs checked by ``terms``)."""
         raise NotImplementedError
 
+    def terms(self, logits, targets, old_logits=None, new_logits=None, epoch=0) -> dict:
+        """``loss_terms``, once the reference logits that the loss of ``epoch`` reads are checked:
+        given, one row per sample, the old model's C_old columns the first of the C."""
+        uses = self.references_at(epoch)
+        shapes = (f"logits {tuple(logits.shape)}, old_logits {_shape(old_logits)}, "
+                  f"new_logits {_shape(new_logits)}")
+        if "old" in uses:
+            if old_logits is None:
+                raise ValueError(f"{self.name} reads the old model's logits (reference 'old'), but "
+                                 f"old_logits is None ({shapes})")
+            width = old_logits.shape[-1]
+            if (old_logits.dim() != 2 or len(old_logits) != len(logits) or width > logits.shape[1]
+                    or (self.num_old is not None and width != self.num_old)):
+                expected = f"{self.num_old}" if self.num_old is not None else f"at most {logits.shape[1]}"
+                raise ValueError(f"{self.name}: the old model's logits (reference 'old') must be (N, C_old) "
+                                 f"with C_old = num_old = {expected}, the first columns of the logits; "
+                                 f"got {shapes}")
+        for ref in sorted(uses & {"new", "ensemble"}):
+            if new_logits is None or new_logits.shape != logits.shape:
+                raise ValueError(f"{self.name} reads the {ref} model's logits (reference {ref!r}) as new_logits "
+                                 f"of the logits' shape; got {shapes}")
+        return self.loss_terms(logits, targets, old_logits, new_logits, epoch)
+
+    @staticmethod
+    def total(terms: dict):
+        """The loss of a method's terms: their sum, in their order (the one place it is summed)."""
+        return sum(terms.values())
+
     def __call__(self, logits, targets, old_logits=None, new_logits=None, epoch=0):
-        """The loss: the sum of the terms, in their order (as utils.engine sums them)."""
-        return sum(self.loss_terms(logits, targets, old_logits, new_logits, epoch).values())
+        """The loss: the sum of the checked terms."""
+        return self.total(self.terms(logits, targets, old_logits, new_logits, epoch))
 
     def __repr__(self):
         params = [k for k in _defaults(type(self)) if hasattr(self, k)]
         return f"{self.name}({', '.join(f'{k}={getattr(self, k)!r}' for k in params)})"
+
+
+def _shape(t) -> str:
+    return "None" if t is None else str(tuple(t.shape))
 
 
 def _defaults(cls) -> dict:

@@ -114,18 +114,25 @@ def add_method_flags(parser: argparse.ArgumentParser):
             raise TypeError(f"hyperparameter {param!r} of {', '.join(names)} clashes with the script's "
                             f"own flag {flag(param)}; rename it")
         defaults = [declared_defaults(n)[param] for n in names]
-        types = {type(d) for d in defaults}
+        # The flag's type: its defaults' (an Option's own where a default is None: off).
+        types = {type(d) if d is not None else option(n, param).type for n, d in zip(names, defaults)}
         types = {float} if types == {int, float} else types
-        if len(types) > 1 or not types <= {int, float, str}:
+        if len(types) > 1 or not types <= {int, float, str, bool}:
             raise TypeError(f"hyperparameter {param!r} of {', '.join(names)} needs defaults of one type, a "
-                            f"number or a string (the flag's type), not {', '.join(sorted(t.__name__ for t in types))}")
+                            "number, a string or a bool (the flag's type; a default None names its type in "
+                            f"its Option), not {', '.join(sorted(getattr(t, '__name__', str(t)) for t in types))}")
         help_text = next((o.help for o in (option(n, param) for n in names) if o.help), "").replace("%", "%%")
         help_text += f" [{', '.join(names)}]"
         shown = defaults[0] if all(d == defaults[0] for d in defaults) else "each method's own"
+        shown = "off" if shown is None else shown
         help_text += f" (default: {shown}"
         help_text += "".join(f"; {dataset}: {d[param]}" for dataset, d in DATASET_DEFAULTS.items() if param in d)
         (flag_type,) = types
-        group.add_argument(flag(param), type=flag_type, default=None, help=help_text + ")")
+        if flag_type is bool:  # --tau-squared / --no-tau-squared
+            group.add_argument(flag(param), action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text + ")")
+        else:
+            group.add_argument(flag(param), type=flag_type, default=None, help=help_text + ")")
 
 
 def take_method_flags(args) -> dict:

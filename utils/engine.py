@@ -154,8 +154,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch
         teacher_logits = teachers(x, precision, wanted)
         with autocast(device, precision):
             logits = model(x)
-        terms = loss_fn.loss_terms(logits.float(), y, epoch=epoch, **teacher_logits)
-        loss = sum(terms.values())  # the method's loss (Method.__call__), its terms kept for the log
+        terms = loss_fn.terms(logits.float(), y, epoch=epoch, **teacher_logits)
+        loss = loss_fn.total(terms)  # the method's loss, its terms kept for the log
         weight = loader.plan.loss_weight(step)
         optimizer.zero_grad(set_to_none=True)
         (loss if weight == 1 else loss * weight).backward()

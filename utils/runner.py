@@ -98,7 +98,7 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
         check_writable(out_dir, "--output-dir", folder=True)
         check_writable(checkpoint_path(args, out_dir), "--save", folder=False)
         state = read_state(out_dir, args, required=args.resume == "yes") if args.resume != "no" else None
-        if args.resume == "auto" and finished(out_dir, state, args.epochs):
+        if args.resume == "auto" and finished(out_dir, checkpoint_path(args, out_dir), state, args.epochs):
             if dist.is_main():
                 print(f"{out_dir} holds a finished run ({RESULTS_FILE}); nothing to do", flush=True)
             return json.loads((out_dir / RESULTS_FILE).read_text())
@@ -128,10 +128,12 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
         dist.shutdown()  # on errors too: no rank leaves with its process group open
 
 
-def finished(out_dir: Path, state: dict | None, epochs: int) -> bool:
-    """Whether ``out_dir`` holds a finished run: its results.json (written last), and no saved
-    state of an unfinished epoch."""
-    return (out_dir / RESULTS_FILE).is_file() and (state is None or state["epoch"] == epochs - 1)
+def finished(out_dir: Path, checkpoint: Path, state: dict | None, epochs: int) -> bool:
+    """Whether ``out_dir`` holds a finished run: its results.json (written last) and its model's
+    checkpoint (without it the run has to be made again), and no saved state of an unfinished
+    epoch."""
+    return ((out_dir / RESULTS_FILE).is_file() and checkpoint.is_file()
+            and (state is None or state["epoch"] == epochs - 1))
 
 
 def load_data(args, role: str) -> RunData:

@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from methods import get_method, hyperparameters, method_names
+from methods import get_method, hyperparameters, method_class, method_names
 
-ALL_METHODS = [
+# The paper's methods, each checked against its formula below; every registered method (one file
+# dropped into methods/ adds one) gets the generic checks.
+PAPER_METHODS = [
     "No_Treatment",
     "PCT_Naive", "PCT_KL", "PCT_LM",
     "ELODI", "ELODI_topk",
     "MPT_KL", "MPT_LM", "MPT_nodistillation", "MPT_KL_nobias", "MPT_LM_nobias",
 ]
+REGISTERED = method_names()
 
 # ---------------------------------------------------------------------------------------
 # A fixed example: 3 samples, 4 classes, C_old = 2 (no ties, so argmax and top-k are
@@ -36,8 +39,8 @@ NEW = np.array([[1.7, -0.9, 0.1, 1.2],
 Y = np.array([0, 2, 1])
 C_OLD = OLD.shape[1]
 
-DEFAULTS = dict(b=4.0, alpha=1.0, beta=5.0, tau=5.0, lm_weight=0.4, topk=10)
-OTHER = dict(b=1.5, alpha=0.5, beta=2.0, tau=2.0, lm_weight=0.3, topk=2)
+DEFAULTS = dict(b=4.0, alpha=1.0, beta=5.0, tau=5.0, lm_weight=0.4, topk=10, tau_squared=False, distill_mix=None)
+OTHER = dict(b=1.5, alpha=0.5, beta=2.0, tau=2.0, lm_weight=0.3, topk=2, tau_squared=True, distill_mix=0.9)
 
 
 def as_tensors(z=Z, old=OLD, new=NEW, y=Y):
@@ -108,7 +111,7 @@ def lm_topk(u, r, k):
     return lm(u * mask, r * mask)
 
 
-def reference(name, epoch, b, alpha, beta, tau, lm_weight, topk):
+def reference(name, epoch, b, alpha, beta, tau, lm_weight, topk, tau_squared, distill_mix):
     z, y, old, new = Z, Y, OLD, NEW
     z_old = z[:, :C_OLD]
     if name == "No_Treatment":
@@ -117,7 +120,10 @@ def reference(name, epoch, b, alpha, beta, tau, lm_weight, topk):
         old_correct = old.argmax(axis=1) == y
         return ce(z, y) + (old_correct * ce_per_sample(z, y)).mean()
     if name == "PCT_KL":
-        return ce(z, y) + fd_kl(z_old, old, y, alpha, beta, tau)
+        distill = (tau ** 2 if tau_squared else 1) * fd_kl(z_old, old, y, alpha, beta, tau)
+        if distill_mix is None:
+            return ce(z, y) + distill
+        return (1 - distill_mix) * ce(z, y) + distill_mix * distill
     if name == "PCT_LM":
         return ce(z, y) + lm_weight * fd_lm(z_old, old, y, alpha, beta)
     if name in ("ELODI", "ELODI_topk"):
@@ -177,7 +183,7 @@ def test_focal_kl_hand_worked():
 # Every method against the numpy reference
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("hparams", [DEFAULTS, OTHER], ids=["defaults", "other"])
-@pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.parametrize("name", PAPER_METHODS)
 def test_matches_reference(name, hparams):
     expected = reference(name, epoch=6, **hparams)
     assert call(name, epoch=6, **hparams) == pytest.approx(expected, abs=1e-5)
@@ -223,7 +229,39 @@ def test_elodi_topk_with_all_classes_is_elodi(topk):
     assert call("ELODI_topk", topk=topk) == pytest.approx(call("ELODI"), abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
+def test_pct_at_its_published_setting_mixes_ce_and_tau_squared_distillation():
+    """PCT's own code: (1 - M) * CE + M * tau^2 * FD-KL (T = 100, M = 0.9), against torch's kl_div."""
+    z, y, old, _ = as_tensors()
+    tau, mix = 100.0, 0.9
+    loss = get_method("PCT_KL", tau=tau, tau_squared=True, distill_mix=mix)(z, y, old_logits=old)
+    kl = torch.nn.functional.kl_div(torch.log_softmax(z[:, :C_OLD] / tau, 1), torch.log_softmax(old / tau, 1),
+                                    log_target=True, reduction="none").sum(1)
+    weights = 1.0 + 5.0 * (old.argmax(1) == y).double()
+    expected = (1 - mix) * torch.nn.functional.cross_entropy(z, y) + mix * tau ** 2 * (weights * kl).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTERED if method_class(n).references])
+def test_a_missing_or_misshapen_reference_is_a_value_error_naming_the_method(name):
+    z, y, old, new = as_tensors()
+    method = build(name, **DEFAULTS)
+    epoch = 100  # after any warm-up: every reference is read
+    uses = method.references_at(epoch)
+    missing = {"old_logits": None} if "old" in uses else {"new_logits": None}
+    with pytest.raises(ValueError, match=name) as err:
+        method(z, y, **{"old_logits": old, "new_logits": new, **missing}, epoch=epoch)
+    assert "None" in str(err.value) and str(tuple(z.shape)) in str(err.value)
+    if "old" in uses:
+        with pytest.raises(ValueError, match="old"):   # wider than the logits
+            method(z, y, old_logits=torch.cat([z, z], 1), new_logits=new, epoch=epoch)
+        with pytest.raises(ValueError, match="num_old"):
+            get_method(name, num_old=C_OLD + 1)(z, y, old_logits=old, new_logits=new, epoch=epoch)
+    if uses & {"new", "ensemble"}:
+        with pytest.raises(ValueError, match="new_logits"):
+            method(z, y, old_logits=old, new_logits=new[:, :C_OLD], epoch=epoch)
+
+
+@pytest.mark.parametrize("name", REGISTERED)
 def test_inputs_unchanged(name):
     z, y, old, new = as_tensors()
     before = [t.clone() for t in (z, y, old, new)]
@@ -232,7 +270,7 @@ def test_inputs_unchanged(name):
         assert torch.equal(tensor, copy)
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.parametrize("name", REGISTERED)
 def test_gradients_flow(name):
     z, y, old, new = as_tensors()
     z.requires_grad_(True)
@@ -263,9 +301,8 @@ def test_references(name, references):
     assert loss_fn.references == references
 
 
-def test_method_names():
-    assert sorted(method_names()) == sorted(ALL_METHODS)
-    assert len(method_names()) == 11
+def test_the_papers_methods_are_registered_once_each():
+    assert set(PAPER_METHODS) <= set(REGISTERED) and len(set(REGISTERED)) == len(REGISTERED)
 
 
 def test_unknown_method():
@@ -273,11 +310,11 @@ def test_unknown_method():
         get_method("No_Such_Method")
     message = str(excinfo.value)
     assert "No_Such_Method" in message
-    for name in ALL_METHODS:
+    for name in REGISTERED:
         assert name in message
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.parametrize("name", PAPER_METHODS)
 def test_hyperparameters_are_exactly_those_that_change_the_loss(name):
     """hyperparameters(name) lists what reaches the loss (the tables label rows with it): each
     argument of the constructor changes the loss on the example, so a method takes none that it

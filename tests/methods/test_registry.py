@@ -14,7 +14,7 @@ import torch
 
 import methods.registry as registry
 from conftest import REPO, assert_ok, common_args, script_env
-from methods import Method, Option, declared_defaults, get_method, hyperparameters, method_names, register
+from methods import Method, Option, declared_defaults, get_method, hyperparameters, method_names, option, register
 from utils.cli import add_method_flags, default_output_dir, method_from_args, parse, take_method_flags
 from utils.errors import UserError
 from utils.settings import flag, run_settings
@@ -258,8 +258,12 @@ def test_todays_flags_come_from_the_methods():
         for param, default in declared_defaults(name).items():
             assert flag(param) in options
             # Unset until take_method_flags: a flag given can be told from a default.
-            assert actions[param].default is None and actions[param].type is type(default)
-            assert f"default: {default}" in actions[param].help
+            assert actions[param].default is None
+            if isinstance(default, bool):   # a switch: --tau-squared / --no-tau-squared
+                assert flag(param).replace("--", "--no-") in options
+            else:
+                assert actions[param].type is (option(name, param).type if default is None else type(default))
+            assert f"default: {'off' if default is None else default}" in actions[param].help
     assert "num_old" not in actions and "--num-old" not in options
     assert "[MPT_KL, MPT_LM, MPT_nodistillation]" in actions["b"].help
     assert "(default: 4.0; imagenet: 1.5)" in actions["b"].help
@@ -333,7 +337,7 @@ def test_bad_method_values_exit_2(call_script, tiny_data, tmp_path, flags, words
 def test_flags_of_methods_that_disagree(monkeypatch):
     """Two methods with one keyword: the help names both defaults' owner; the types of the
     defaults give the flags' types; values are written back onto the arguments; a default that
-    is no number or string (no flag type) is refused."""
+    is no number, string or bool (no flag type), or None without an Option's type, is refused."""
     class A(Method):
         options = {"w": Option("the weight", min=0)}
 
@@ -350,7 +354,11 @@ def test_flags_of_methods_that_disagree(monkeypatch):
             self.k = k
 
     class C(A):
-        def __init__(self, switch=False, num_old=None):
+        def __init__(self, shape=(1, 2), num_old=None):
+            super().__init__(num_old=num_old)
+
+    class D(A):
+        def __init__(self, off=None, num_old=None):   # None without an Option naming its type
             super().__init__(num_old=num_old)
 
     monkeypatch.setattr(registry, "METHODS", {})
@@ -382,5 +390,9 @@ def test_flags_of_methods_that_disagree(monkeypatch):
         taken.add_argument("--k")
         add_method_flags(taken)
     register("C")(C)
-    with pytest.raises(TypeError, match="switch.*a number or a string"):
+    with pytest.raises(TypeError, match="shape.*a number, a string or a bool.*not tuple"):
+        add_method_flags(argparse.ArgumentParser())
+    monkeypatch.setattr(registry, "METHODS", {})
+    register("D")(D)
+    with pytest.raises(TypeError, match="off.*Option"):
         add_method_flags(argparse.ArgumentParser())

@@ -2,7 +2,15 @@
 ER, NFR and Rel-NFR against the old model every epoch."""
 from pathlib import Path
 
-from utils.cli import default_output_dir, method_from_args, parse, take_method_flags, update_parser, validate
+from utils.cli import (
+    default_output_dir,
+    method_from_args,
+    method_record,
+    parse,
+    take_method_flags,
+    update_parser,
+    validate,
+)
 from utils.errors import UserError, exit_on_user_error
 from utils.runner import Mitigation, run
 
@@ -32,7 +40,7 @@ def main(argv=None):
     name = f"{args.dataset}-{args.arch}-{args.method}{'' if b is None else f'-b{b:g}'}-seed{args.seed}"
     args.output_dir = args.output_dir or str(default_output_dir("update", args, name))
     return run(args, "update", Mitigation(loss_fn, args.old_ckpt, args.new_ckpt, ensemble, args.save_logits,
-                                          ignored_flags))
+                                          ignored_flags, method_record(args)))
 
 
 if __name__ == "__main__":

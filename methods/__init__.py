@@ -26,6 +26,8 @@ from methods.registry import (
     get_method,
     hyperparameters,
     method_class,
+    method_defaults,
+    method_label,
     method_names,
     option,
     register,
@@ -36,4 +38,4 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["METHODS", "Method", "Option", "all_hyperparameters", "declared_defaults", "get_method",
-           "hyperparameters", "method_class", "method_names", "option", "register"]
+           "hyperparameters", "method_class", "method_defaults", "method_label", "method_names", "option", "register"]

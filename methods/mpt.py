@@ -17,6 +17,7 @@ class _MPT(Method):
     options = {"b": Option("MPT margin bias added to the new-class logits (training only)"),
                **DISTILLATION_OPTIONS}
     b = None
+    dataset_defaults = {"imagenet": {"b": 1.5}}   # the paper's ImageNet margin
 
     def distill(self, student, teacher, targets):
         raise NotImplementedError

@@ -51,7 +51,9 @@ class Method:
     * ``term_weights``: the keywords that weigh terms able to outgrow the cross-entropy (a run
       whose loss diverges is told to lower them);
     * ``same_classes_equivalent``: for a method that differs from another only on the new
-      classes, that method's name: with no new class (--old-fraction 1.0) it is refused, naming it.
+      classes, that method's name: with no new class (--old-fraction 1.0) it is refused, naming it;
+    * ``dataset_defaults``: {data set: {keyword: default}} where a data set's recipe has its own
+      default (MPT's b = 1.5 on ImageNet).
 
     ``num_old`` is C_old, the old model's head size; the first C_old columns of the updated
     model's logits are the old classes (the data set's own class order).
@@ -61,6 +63,7 @@ class Method:
     options: dict = {}
     term_weights: tuple = ()
     same_classes_equivalent: str | None = None
+    dataset_defaults: dict = {}
 
     def __init__(self, num_old: int | None = None):
         self.num_old = num_old
@@ -159,6 +162,23 @@ def method_class(name: str) -> type:
 def declared_defaults(name: str) -> dict:
     """Method ``name``'s hyperparameters with their defaults, in the constructor's order."""
     return _defaults(method_class(name))
+
+
+def method_defaults(name: str, dataset: str | None = None) -> dict:
+    """Method ``name``'s hyperparameters as a run on ``dataset`` gets them when not given."""
+    return {**declared_defaults(name), **method_class(name).dataset_defaults.get(dataset, {})}
+
+
+def method_label(name: str, values: dict, defaults: dict) -> str:
+    """The method as run labels and tables name it: b where the method takes it (always: a sweep
+    over b reads it), its other hyperparameters where they differ from ``defaults``:
+    MPT_KL-b4, PCT_LM-lm_weight0.04."""
+    parts = [name] + [f"{k}{_value(v)}" for k, v in values.items() if k == "b" or v != defaults.get(k)]
+    return "-".join(parts)
+
+
+def _value(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def hyperparameters(name: str) -> set:

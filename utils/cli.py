@@ -11,7 +11,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from methods import all_hyperparameters, declared_defaults, get_method, method_class, method_names, option
+from methods import (
+    all_hyperparameters,
+    declared_defaults,
+    get_method,
+    method_class,
+    method_defaults,
+    method_label,
+    method_names,
+    option,
+)
 from models import ARCHS
 from models.zoo import VIT_PATCH
 from utils.data import DATASETS
@@ -20,12 +29,12 @@ from utils.errors import UserError, warn
 from utils.settings import flag, run_settings
 
 # Defaults that depend on the data set or the architecture, used where neither the command line
-# nor --config sets the flag (a method hyperparameter's only for the methods that take it). ImageNet: the standard ResNet recipe (SGD lr 0.1, momentum 0.9,
-# weight decay 1e-4, x0.1 every 30 epochs, 90 epochs, batch 128) with the paper's 128-d
-# embedding and MPT margin b = 1.5 (main.py's flag).
+# nor --config sets the flag (a method's hyperparameters have their own: Method.dataset_defaults).
+# ImageNet: the standard ResNet recipe (SGD lr 0.1, momentum 0.9, weight decay 1e-4, x0.1 every
+# 30 epochs, 90 epochs, batch 128) with the paper's 128-d embedding.
 DATASET_DEFAULTS = {
     "imagenet": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_schedule": "step",
-                 "epochs": 90, "batch_size": 128, "embed_dim": 128, "image_size": 224, "b": 1.5},
+                 "epochs": 90, "batch_size": 128, "embed_dim": 128, "image_size": 224},
 }
 ARCH_DEFAULTS = {"vit_b_32": {"image_size": 224}}
 
@@ -126,7 +135,9 @@ def add_method_flags(parser: argparse.ArgumentParser):
         shown = defaults[0] if all(d == defaults[0] for d in defaults) else "each method's own"
         shown = "off" if shown is None else shown
         help_text += f" (default: {shown}"
-        help_text += "".join(f"; {dataset}: {d[param]}" for dataset, d in DATASET_DEFAULTS.items() if param in d)
+        by_dataset = {dataset: d[param] for n in names for dataset, d in method_class(n).dataset_defaults.items()
+                      if param in d}
+        help_text += "".join(f"; {dataset}: {value}" for dataset, value in by_dataset.items())
         (flag_type,) = types
         if flag_type is bool:  # --tau-squared / --no-tau-squared
             group.add_argument(flag(param), action=argparse.BooleanOptionalAction, default=None,
@@ -140,19 +151,28 @@ def take_method_flags(args) -> dict:
     method's own) and take the flags of the other methods off ``args``: they change nothing, so
     they are no part of the run's settings. Returns those flags with their values
     ({"--b": 2.0}), after a one-line warning naming them."""
-    own = declared_defaults(args.method)
-    implied = DATASET_DEFAULTS.get(args.dataset, {})
+    own = method_defaults(args.method, args.dataset)
     ignored = {}
     for param in all_hyperparameters():
         value = vars(args).pop(param, None)
         if param in own:
-            setattr(args, param, implied.get(param, own[param]) if value is None else value)
+            setattr(args, param, own[param] if value is None else value)
         elif value is not None:
             ignored[flag(param)] = value
     if ignored:
         warn(f"--method {args.method} takes no {', '.join(ignored)}: ignored (not recorded in the run's "
              "settings, only under ignored_flags in results.json)")
     return ignored
+
+
+def method_record(args) -> dict:
+    """What results.json records of an update's method: its name, its hyperparameters as run,
+    their defaults on this data set and its label (``methods.method_label``), so that tables
+    and run labels read them instead of the code."""
+    values = {param: getattr(args, param) for param in declared_defaults(args.method)}
+    defaults = method_defaults(args.method, args.dataset)
+    return {"name": args.method, "hyperparameters": values, "defaults": defaults,
+            "label": method_label(args.method, values, defaults)}
 
 
 def method_from_args(args):
@@ -197,9 +217,7 @@ def parse(parser: argparse.ArgumentParser, argv=None, section: str | None = None
     pre, _ = parser.parse_known_args(argv)  # the data set and architecture, wherever they were set
     known = {a.dest for a in parser._actions}
     implied = {**DATASET_DEFAULTS.get(pre.dataset, {}), **ARCH_DEFAULTS.get(pre.arch, {})}
-    method_params = set(all_hyperparameters())  # take_method_flags fills them in, for their methods only
-    parser.set_defaults(**{k: v for k, v in implied.items()
-                           if k in known and k not in config and k not in method_params})
+    parser.set_defaults(**{k: v for k, v in implied.items() if k in known and k not in config})
     args = parser.parse_args(argv)
     # The command as typed (recorded in results.json, never part of the run's identity).
     args.command = [CONFIG_SECTIONS.get(section, parser.prog), *(sys.argv[1:] if argv is None else map(str, argv))]

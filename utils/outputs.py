@@ -90,13 +90,14 @@ def write_predictions(path: Path, targets, scores, num_old: int, save_logits: bo
 
 def results_record(role: str, metrics: dict, checkpoint, data, weights: str | None, config: dict,
                    setting: dict | None = None, device: str | None = None,
-                   ignored_flags: dict | None = None, made_by: dict | None = None) -> dict:
+                   ignored_flags: dict | None = None, method: dict | None = None,
+                   made_by: dict | None = None) -> dict:
     """The content of results.json: the metrics (validation ones under "val"), the model's
     checkpoint, the class split (``data``: utils.runner.RunData), the number of training images,
     the validation split and an old model's share of the images, the kind of experiment
     (``setting``: utils.runner.run_setting), the pretrained weights the model started from, the
     settings, the flags of other methods given to an update (``ignored_flags``: {"--b": 2.0}; not
-    in the settings), the code and command that made the run (``made_by``: {"code": {"commit",
+    in the settings), an update's method (``method``: utils.cli.method_record), the code and command that made the run (``made_by``: {"code": {"commit",
     "dirty"} or None, "command": [...]}) and the software and hardware (of ``device``, by
     default the settings' own)."""
     record = {"role": role, **metrics, "checkpoint": str(checkpoint), "num_old": data.num_old,
@@ -107,4 +108,6 @@ def results_record(role: str, metrics: dict, checkpoint, data, weights: str | No
     record.update(setting=setting, weights=weights, config=config)
     if ignored_flags is not None:
         record["ignored_flags"] = ignored_flags
+    if method is not None:
+        record["method"] = method
     return {**record, **(made_by or {}), "environment": environment(device or config["device"])}

@@ -62,6 +62,7 @@ class Mitigation:
     ensemble: list = field(default_factory=list)
     save_logits: bool = False
     ignored_flags: dict = field(default_factory=dict)  # flags of other methods given to this run
+    record: dict = field(default_factory=dict)  # the method as results.json records it (utils.cli.method_record)
 
 
 @dataclass
@@ -343,4 +344,5 @@ def write_outputs(args, role: str, out_dir: Path, model, data: RunData, test_tar
         write_predictions(out_dir / PREDICTIONS_FILE, test_targets, scores, data.num_old, mitigation.save_logits)
     write_json(out_dir / RESULTS_FILE,
                results_record(role, scores.metrics, save_path, data, model.weights, config, setting,
-                              ignored_flags=mitigation.ignored_flags if mitigation else None, made_by=made_by))
+                              ignored_flags=mitigation.ignored_flags if mitigation else None,
+                              method=mitigation.record if mitigation else None, made_by=made_by))

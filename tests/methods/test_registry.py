@@ -163,14 +163,6 @@ def test_get_method_refuses_keywords_the_method_does_not_use(name, keyword):
         assert accepted in message
 
 
-@pytest.mark.parametrize("name", list(TERMS))
-def test_get_method_takes_its_own_keywords_and_num_old(name):
-    loss_fn = get_method(name, num_old=3, **declared_defaults(name))
-    assert loss_fn.num_old == 3
-    for param, value in declared_defaults(name).items():
-        assert getattr(loss_fn, param) == value
-
-
 @pytest.mark.parametrize("name, values, words", [
     ("MPT_KL", {"tau": 0.0}, "tau must be positive"),
     ("MPT_KL", {"b": math.nan}, "b must be finite"),
@@ -193,7 +185,6 @@ def test_option_check():
 def test_term_weights_and_options_name_hyperparameters(name):
     cls = registry.METHODS[name]
     assert set(cls.term_weights) <= hyperparameters(name)
-    assert not hasattr(cls, "term_weight_flags")
     for param in hyperparameters(name):
         assert registry.option(name, param).help, f"{name}: {param} has no help text"
 
@@ -202,18 +193,14 @@ def test_term_weights_and_options_name_hyperparameters(name):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", list(TERMS))
-def test_loss_is_the_sum_of_the_named_terms(name, dtype):
+def test_each_method_logs_its_named_terms_as_scalars(name, dtype):
+    """The terms log.jsonl records, by name, before and after ELODI's warm-up."""
     z, y, old, new = batch(dtype)
     loss_fn = get_method(name)
     for epoch, keys in ((0, ["ce"] if name.startswith("ELODI") else TERMS[name]), (6, TERMS[name])):
-        terms = loss_fn.loss_terms(z, y, old_logits=old, new_logits=new, epoch=epoch)
+        terms = loss_fn.terms(z, y, old_logits=old, new_logits=new, epoch=epoch)
         assert list(terms) == keys
         assert all(t.dim() == 0 and t.dtype == dtype for t in terms.values())
-        total = loss_fn(z, y, old_logits=old, new_logits=new, epoch=epoch)
-        by_hand = terms[keys[0]]
-        for key in keys[1:]:
-            by_hand = by_hand + terms[key]
-        assert torch.equal(total, by_hand)
 
 
 def test_distillation_terms_are_weighted():
@@ -329,7 +316,7 @@ def test_bad_method_values_exit_2(call_script, tiny_data, tmp_path, flags, words
     out = tmp_path / "run"
     result = call_script("main.py", *common_args(tiny_data), *flags, "--output-dir", out)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {words}" or words in result.stderr
+    assert result.stderr.startswith("error: ") and words in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
 

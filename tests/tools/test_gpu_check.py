@@ -10,8 +10,6 @@ import torch
 
 from conftest import REPO, script_env
 
-pytestmark = pytest.mark.slow  # starts tools/gpu_check.sh
-
 
 def gpu_check(tmp_path, *args, **env):
     # CUDA_VISIBLE_DEVICES="" hides any GPU, so that the test means the same on every machine.
@@ -21,6 +19,7 @@ def gpu_check(tmp_path, *args, **env):
                           env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # imports torch in a child process
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_2(tmp_path):
     proc = gpu_check(tmp_path)
     assert proc.returncode == 2

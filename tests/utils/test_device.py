@@ -3,32 +3,15 @@
 import random
 
 import numpy as np
-import PIL
 import pytest
 import torch
 
-from utils.device import autocast, environment, fast_teachers, prefers_channels_last
+from utils.device import autocast
 from utils.errors import UserError
 from utils.inputs import ImageSet, Normalize, TensorInputs, TrainLoader
 from utils.state import rng_state, set_rng_state
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)  # a device object needs no GPU
-
-
-def test_fast_teachers_only_with_bf16_on_cuda():
-    """Folding and the vmapped ensemble change logits by rounding: never in the fp32 mode, and
-    not on the CPU, where the vmapped ensemble was measured slower than a loop."""
-    assert fast_teachers(CUDA, "bf16")
-    assert not fast_teachers(CUDA, "fp32")
-    assert not fast_teachers(CPU, "bf16") and not fast_teachers(CPU, "fp32")
-    assert prefers_channels_last(CUDA) and not prefers_channels_last(CPU)
-
-
-def test_environment_names_the_stack_a_run_depends_on():
-    """Deterministic runs repeat only on the same stack, so results.json records it."""
-    env = environment("cpu")
-    assert env["torch"] == torch.__version__ and env["pillow"] == PIL.__version__
-    assert torch.backends.cpu.get_cpu_capability() in env["hardware"]
 
 
 def test_bf16_autocasts_on_the_cpu_and_fp32_does_not():

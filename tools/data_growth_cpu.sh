@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# The README's CPU-scale data-growth result (a same-class update, PCT's setting): CIFAR-10, the
-# old model trained on 50% of every class's training images, the new reference and updated
-# models on all of them; ResNet-18 from scratch, 5 epochs each, official hyperparameters otherwise.
-#   tools/data_growth_cpu.sh DATA_ROOT [OUT]
+# The CPU-scale data-growth result (a same-class update, PCT's setting): CIFAR-10, the old model
+# trained on 50% of every class's training images, the new reference and updated models on all of
+# them; ResNet-18 from scratch, 5 epochs each, official hyperparameters otherwise, and PCT_KL at
+# its published setting too (configs/cifar10_pct_published.yaml: T = 100 with the T^2 factor,
+# alpha = 1, beta = 5, (1 - M) CE + M distillation with M = 0.9).
+#   tools/data_growth_cpu.sh DATA_ROOT [OUT]      (OUT default results/cpu_cifar10/data_growth)
 # DATA_ROOT: CIFAR-10 as image folders train/<class>/* + test/<class>/* (or torchvision's files
-# when PER_CLASS is unset). Finished runs are skipped: repeat the command after an interruption.
+# when PER_CLASS is unset). Every run starts with --resume auto: repeat the command after an
+# interruption. A failed run is reported and the others go on (exit status 1 at the end).
 # Environment: PER_CLASS=N uses only the first N training images of every class (sorted file
 # names; linked into OUT/data, the test set whole) to fit a CPU's time; EPOCHS=5; SEEDS="42 43 44"
 # (the updated models'; the reference models use seed 42); PYTHON=python.
-# Writes OUT/tables.md (mean +- sd over the seeds) and the runs old, new, update/METHOD-seedS.
-set -euo pipefail
+# Writes OUT/tables.md (mean +- sd over the seeds), OUT/flips/ and the runs old, new, update/NAME-seedS.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE   # spinning OpenMP threads slow a shared CPU down
 PY=${PYTHON:-python}
 DATA=$1
-OUT=$(mkdir -p "${2:-runs/data_growth_cpu}" && cd "${2:-runs/data_growth_cpu}" && pwd)
+OUT=${2:-results/cpu_cifar10/data_growth}
 read -ra seeds <<< "${SEEDS:-42 43 44}"
 if [ -n "${PER_CLASS:-}" ]; then  # a smaller training set of the same images, as links
   SRC=$(cd "$DATA" && pwd)
@@ -29,22 +32,38 @@ if [ -n "${PER_CLASS:-}" ]; then  # a smaller training set of the same images, a
     ln -s "$SRC/test" "$DATA/test"
   fi
 fi
-C=(--dataset cifar10 --data-root "$DATA" --epochs "${EPOCHS:-5}" --device cpu --old-fraction 1.0)
+C=(--dataset cifar10 --data-root "$DATA" --epochs "${EPOCHS:-5}" --device cpu --old-fraction 1.0 --resume auto)
+failed=0
 
-[ -f "$OUT/ckpt_old.pth" ] || $PY train_old_model.py "${C[@]}" --old-data-fraction 0.5 \
-  --save "$OUT/ckpt_old.pth" --output-dir "$OUT/old"
-[ -f "$OUT/ckpt_new.pth" ] || $PY train_new_model.py "${C[@]}" --save "$OUT/ckpt_new.pth" --output-dir "$OUT/new"
-update() {  # METHOD SEED [main.py flags]
-  local method=$1 seed=$2 dir="$OUT/update/$1-seed$2"
+train() {  # RUN_DIR SCRIPT [flags]: one run, its output in RUN_DIR/train.log
+  local dir=$1 script=$2
   shift 2
-  [ -f "$dir/results.json" ] || $PY main.py "${C[@]}" --old-ckpt "$OUT/ckpt_old.pth" --new-ckpt "$OUT/ckpt_new.pth" \
-    --method "$method" --seed "$seed" --output-dir "$dir" "$@"
+  mkdir -p "$dir"
+  if "$PY" "$script" "${C[@]}" --output-dir "$dir" "$@" >> "$dir/train.log" 2>&1; then
+    echo "done: $dir | $(tail -n 1 "$dir/train.log")"
+  else
+    echo "FAILED: $dir (see $dir/train.log): $(tail -n 1 "$dir/train.log")" >&2
+    failed=1
+  fi
+}
+
+train "$OUT/old" train_old_model.py --old-data-fraction 0.5 --save "$OUT/ckpt_old.pth"
+train "$OUT/new" train_new_model.py --save "$OUT/ckpt_new.pth"
+update() {  # NAME SEED [main.py flags]
+  local name=$1 seed=$2
+  shift 2
+  train "$OUT/update/$name-seed$seed" main.py --old-ckpt "$OUT/ckpt_old.pth" --new-ckpt "$OUT/ckpt_new.pth" \
+    --seed "$seed" "$@"
 }
 for seed in "${seeds[@]}"; do
-  update No_Treatment "$seed"
-  update PCT_KL "$seed"
+  update No_Treatment "$seed" --method No_Treatment
+  update PCT_KL "$seed" --method PCT_KL
+  # PCT's own setting; the flags above (the command line) win over the config's.
+  update PCT_KL_published "$seed" --config configs/cifar10_pct_published.yaml
   # On 10 classes the logit-matching term is ten times CIFAR-100's per logit (see cpu_reproduction.sh).
-  update PCT_LM "$seed" --lm-weight 0.04
-  update MPT_KL_nobias "$seed"
+  update PCT_LM "$seed" --method PCT_LM --lm-weight 0.04
+  update MPT_KL_nobias "$seed" --method MPT_KL_nobias
 done
 $PY -m tools.tables "$OUT/old" "$OUT/new" "$OUT/update" --out "$OUT"
+$PY -m tools.flips "$OUT"/update/* --out "$OUT/flips" --baseline "$OUT/update/No_Treatment-seed42"
+exit $failed

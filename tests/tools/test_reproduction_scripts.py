@@ -1,5 +1,6 @@
 """The README's two reproduction scripts end to end on the tiny data set (one epoch per model)."""
 import csv
+import json
 import subprocess
 import sys
 
@@ -44,3 +45,14 @@ def test_cpu_reproduction_trains_every_method_and_writes_the_table_the_flips_and
     again = run_bash_script("cpu_reproduction.sh", tiny_data, out, EPOCHS="1", SEEDS="42")
     assert again.stdout.count("done: ") == proc.stdout.count("done: ") == 2 + 8 + 13
     assert "nothing to do" in (out / "update" / "MPT_KL-seed42" / "train.log").read_text()
+
+
+def test_data_growth_trains_pct_at_its_published_setting_beside_the_mpt_code_s(tiny_data, tmp_path):
+    out = tmp_path / "growth"
+    run_bash_script("data_growth_cpu.sh", tiny_data, out, EPOCHS="1", SEEDS="42")
+    rows = {r["row"] for r in csv.DictReader((out / "tables.csv").open()) if r["split"] == "test"}
+    assert rows == {"Old model", "New model", "No_Treatment", "PCT_KL", "PCT_LM (lm_weight=0.04)", "MPT_KL_nobias",
+                    "PCT_KL (tau=100, tau_squared=True, distill_mix=0.9)"}
+    config = json.loads((out / "update" / "PCT_KL_published-seed42" / "results.json").read_text())["config"]
+    assert (config["tau"], config["tau_squared"], config["distill_mix"], config["epochs"]) == (100.0, True, 0.9, 1)
+    assert (out / "flips" / "flips.json").is_file()

@@ -213,35 +213,56 @@ def sweep_curves(groups: list[dict]) -> dict:
 
 
 def plot_nfr_vs_b(curves: dict, colours: dict, out: Path):
-    """NFR, ER(Y_all) and the share of flips into new classes against b, mean ± sd over seeds."""
+    """NFR, ER(Y_all) and the share of flips into new classes against b, mean ± sd over seeds; a
+    point of one run (no sd) is drawn without an error bar."""
     plt = pyplot()
     panels = [("nfr", "NFR (%)"), ("er_all", "ER(Y_all) (%)"), ("flips_to_new_classes", "flips into new classes (%)")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, (key, title) in zip(axes, panels):
         for k, (curve, gs) in enumerate(curves.items()):
+            b = [g["b"] for g in gs]
             mean = [math.nan if g[f"{key}_mean"] is None else g[f"{key}_mean"] for g in gs]
-            sd = [0 if g[f"{key}_sd"] is None else g[f"{key}_sd"] for g in gs]
             seeds = "/".join(str(g["n"]) for g in gs)
-            ax.errorbar([g["b"] for g in gs], mean, yerr=sd, marker="o", capsize=3, color=f"C{k}",
-                        label=f"{curve} (runs per b: {seeds})")
+            ax.plot(b, mean, marker="o", color=f"C{k}", label=f"{curve} (runs per b: {seeds})")
+            spread = [i for i, g in enumerate(gs) if g[f"{key}_sd"] is not None and not math.isnan(g[f"{key}_sd"])]
+            if spread:
+                ax.errorbar([b[i] for i in spread], [mean[i] for i in spread],
+                            yerr=[gs[i][f"{key}_sd"] for i in spread], fmt="none", capsize=3, color=f"C{k}")
         ax.set_xlabel("b")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     handles, legend_labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, legend_labels, loc="lower center", ncol=min(len(curves), 3), fontsize=8, frameon=False)
-    fig.suptitle("mean ± sample sd over seeds", fontsize=9)
+    fig.suptitle("mean ± sample sd over seeds (a point of one run: no bar)", fontsize=9)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     _save(fig, out)
 
 
+def stratified_samples(targets, flips, index, count: int = SAMPLES_SHOWN) -> list[int]:
+    """Up to ``count`` positions of samples that flip in at least one run, stratified over their
+    true classes: round after round, each class (in class order) gives its next sample, its
+    samples ranked by the runs they flip in (most first), then by test-set index; a class with no
+    sample left drops out. So no class fills the figure, and each shows its most flipped first."""
+    targets, flips, index = (np.asarray(a) for a in (targets, flips, index))
+    queues = []
+    for c in np.unique(targets[flips > 0]):
+        members = np.flatnonzero((targets == c) & (flips > 0))
+        queues.append(members[np.lexsort((index[members], -flips[members]))].tolist())
+    chosen = []
+    for rank in range(max(map(len, queues), default=0)):
+        chosen += [q[rank] for q in queues if rank < len(q)]
+    return chosen[:count]
+
+
 def plot_flipped_samples(runs: list[dict], shared: list[int], table: dict, images, out: Path):
-    """The test images that flip in the most runs, each captioned "true -> predicted (k of n
-    runs)", the prediction being the one most of those runs make."""
+    """Test images that flip, stratified over the true classes (``stratified_samples``), each
+    captioned "true -> predicted (k of n runs)", the prediction being the one most of those runs
+    make."""
     plt = pyplot()
-    order = np.lexsort((table["index"], -table["flips"]))
-    chosen = [k for k in order[:SAMPLES_SHOWN] if table["flips"][k] > 0]
+    chosen = stratified_samples(table["target"], table["flips"], table["index"])
     if not chosen:
         return
+    chosen = sorted(chosen, key=lambda k: int(table["target"][k]))  # shown by class, in the order chosen
     ref = runs[shared[0]]
     names = _class_names(ref, ref["num_classes"])
     preds = np.stack(table["pred"], axis=1)  # (samples, runs)
@@ -258,7 +279,10 @@ def plot_flipped_samples(runs: list[dict], shared: list[int], table: dict, image
         ax.set_yticks([])
     for ax in list(axes.flat)[len(chosen):]:
         ax.set_visible(False)
-    fig.suptitle("test images that flip in the most runs (true -> updated prediction)", fontsize=10)
+    classes = len(set(int(table["target"][k]) for k in chosen))
+    fig.suptitle(f"test images that flip (true -> updated prediction): {len(chosen)} stratified over the "
+                 f"{classes} true classes\n(the classes take turns, each giving its next most flipped image, "
+                 "ties by lowest test index); shown by class", fontsize=10)
     fig.tight_layout()
     _save(fig, out)
 

@@ -4,24 +4,41 @@ from the run folders' results.json and predictions.npz (numpy, scipy and matplot
     python -m tools.flips RUN [RUN ...] --out DIR [--baseline RUN] [--data-root DIR]
         [--resamples 10000] [--confidence 0.95] [--seed 0]
 
-Each run gets a label from its settings (tools/run_labels.py), e.g. MPT_KL-b4-seed42; runs that
-differ only in the seed form a group (MPT_KL-b4). Written to DIR:
+Each RUN is a run folder with results.json and predictions.npz (main.py, tools.evaluate), or a
+folder that holds a predictions.npz alone (utils.outputs.save_predictions: predictions made
+elsewhere). A run gets a label from what its results.json records (tools/run_labels.py), e.g.
+MPT_KL-b4-seed42; runs that differ only in the seed form a group (MPT_KL-b4). A folder of
+predictions alone is labelled by the folder's name and is a group of its own (it has no settings,
+no seed). Written to DIR:
 
-    flips.json   "runs": per run its label, group, NFR, Rel-NFR, ER(Y_old), ER(Y_all) with
-                 percentile bootstrap intervals over the test samples (NFR, Rel-NFR: the old-class
-                 samples; ER(Y_all): all of them), per-class NFR and PFR, the negative flips as
+    flips.json   "runs": per run its label, group, the code that made it ("code": commit and
+                 whether the tree was dirty, null where unknown) and its command, NFR, Rel-NFR,
+                 ER(Y_old), ER(Y_all) with percentile bootstrap intervals over the test samples
+                 (NFR, Rel-NFR, ER(Y_old): the old-class samples; ER(Y_all): all of them) and the
+                 number of resamples in which Rel-NFR is undefined ("rel_nfr_undefined_resamples",
+                 left out of its interval), per-class NFR and PFR, the negative flips as
                  [true class, updated prediction, count] triples ("flip_to"), the share of them
                  that land in new classes and, where margins were saved, a margin summary.
-                 "groups": per group its runs and the mean and sample sd over them of NFR, Rel-NFR,
-                 ER(Y_all), the share into new classes and the per-class NFR, and the number of
-                 samples that flip in every run of the group. "group_comparisons": between groups
-                 of at least 2 runs, the difference of mean NFR with Welch's interval and p-value
-                 over the seeds. "pairs": per pair of runs of the same old model on the same test
-                 set (every pair, or each run against --baseline), the NFR difference with a
-                 paired bootstrap interval, an exact McNemar test on the samples' negative flips
-                 and its p-value adjusted by Holm's method over the pairs reported ("p_holm"; the
-                 group comparisons get their own). Undefined values are null.
-    flips.md     the same as Markdown tables, the groups first
+                 "groups": per group its runs, the mean and sample sd over them of NFR, Rel-NFR,
+                 ER(Y_old), ER(Y_all), the share into new classes and the per-class NFR, the
+                 t-interval of the mean over the seeds of NFR, Rel-NFR, ER(Y_old) and ER(Y_all)
+                 ("nfr_mean_ci" ...: mean +- t(n-1) sd / sqrt(n); null for one run), and the number
+                 of samples that flip in every run of the group.
+                 "group_comparisons": between groups of at least 2 runs, the difference of mean
+                 NFR with Welch's t, degrees of freedom, interval and p-value over the seeds, and
+                 that p-value adjusted by Holm's method over the comparisons reported: the
+                 comparison of two methods (or settings), each seed a replicate.
+                 "pairs": per pair of runs of the same old model on the same test set (every pair,
+                 or each run against --baseline), whether both are runs of one group ("same_group":
+                 two seeds of one method and setting), the NFR difference with a paired bootstrap
+                 interval and an exact McNemar test on the samples' negative flips, with its
+                 p-value adjusted by Holm's method within its family ("p_holm": the pairs within a
+                 group, and the pairs across groups, each family on its own). A pair is compared
+                 over the test samples: it tells whether two trained models differ, not whether
+                 two methods do (that is the group comparisons' question). Undefined values are null.
+    flips.md     the same as Markdown tables: the groups, the comparisons of groups over seeds,
+                 the runs, then the pairs of runs over the test samples; a line on the code that
+                 made the runs, and a Code column where they differ in it (see tools/run_labels.py)
     flips.csv    one row per old-class test sample (of the runs that share the first run's, or the
                  baseline's, test set and old model): its test-set index, its image file (with
                  --data-root, for an image-folder data set), true class, the old model's
@@ -31,12 +48,15 @@ differ only in the seed form a group (MPT_KL-b4). Written to DIR:
                  matrix per run, flip_matrix_<label>.png, all on one colour scale, above that
                  top_confusions.png; flip_split.png (old -> old versus old -> new flips per run);
                  margins.png where margins were saved; nfr_vs_b.png where groups of one method
-                 differ only in b; flipped_samples.png with --data-root (the test images that flip
-                 in the most runs)
+                 differ only in b (a group of one run drawn without an error bar);
+                 flipped_samples.png with --data-root (test images that flip, stratified over the
+                 true classes: each class's most flipped in turn)
 
 Only updates have flips: runs whose results.json says "role": "old" or "new" are skipped with a
 warning (one without a role counts as an update). C_old comes from results.json's "num_old", the
 predictions' "num_old", the width of the old model's logits, or else round(--old-fraction x C).
+C comes from the class names, results.json's "num_classes", the data set, the logits' width, or
+else the largest class seen + 1.
 
 Margins z_y - max_{j != y} z_j come from predictions.npz's "margin" / "old_margin" (fp32, written
 by main.py and tools.evaluate) or else from its float16 logits, where rounding makes near ties
@@ -52,12 +72,14 @@ import math
 import warnings
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from scipy.stats import binom, ttest_ind
+from scipy.stats import t as student_t
 
 from tools import flip_figures
-from tools.run_labels import labels, method_defaults, update_kind
+from tools.run_labels import code_marks, labels, run_code, run_method
 from utils.errors import UserError, exit_on_user_error, warn
 from utils.image_files import DATASETS, TestImages
 from utils.metrics import (
@@ -71,6 +93,8 @@ from utils.metrics import (
 )
 
 REPORTED = ("nfr", "rel_nfr", "er_old", "er_all")
+# The metrics whose mean over a group's seeds gets a t-interval.
+GROUP_INTERVALS = ("nfr", "rel_nfr", "er_old", "er_all")
 TOP_FLIPS = 5
 
 
@@ -100,19 +124,42 @@ def holm(p_values) -> list[float]:
     return adjusted.tolist()
 
 
-def welch(a, b, confidence: float) -> tuple[float, tuple[float, float], float]:
-    """mean(a) - mean(b) with Welch's interval and two-sided p-value (unequal variances; each
-    value one seed's). NaN interval and p where neither sample varies: Welch has no degrees of
-    freedom there."""
+class Welch(NamedTuple):
+    diff: float                 # mean(a) - mean(b)
+    ci: tuple[float, float]     # Welch's interval of the difference
+    t: float                    # Welch's t statistic
+    df: float                   # its Welch-Satterthwaite degrees of freedom
+    p: float                    # two-sided p-value
+
+
+def welch(a, b, confidence: float) -> Welch:
+    """mean(a) - mean(b) with Welch's t, degrees of freedom, interval and two-sided p-value
+    (scipy's ttest_ind with unequal variances; each value one seed's). NaN but the difference
+    where neither sample varies: Welch has no degrees of freedom there."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     diff = float(a.mean() - b.mean())
     if a.var() == 0 and b.var() == 0:
-        return diff, (math.nan, math.nan), math.nan
+        return Welch(diff, (math.nan, math.nan), math.nan, math.nan, math.nan)
     with warnings.catch_warnings():  # scipy's precision warning for nearly equal values
         warnings.simplefilter("ignore", RuntimeWarning)
         test = ttest_ind(a, b, equal_var=False)
         interval = test.confidence_interval(confidence)
-    return diff, (float(interval.low), float(interval.high)), float(test.pvalue)
+    return Welch(diff, (float(interval.low), float(interval.high)), float(test.statistic), float(test.df),
+                 float(test.pvalue))
+
+
+def t_interval(values, confidence: float) -> tuple[float, float]:
+    """The t-interval of the mean of ``values`` (one per seed): mean +- t_(n-1) sd / sqrt(n)
+    (scipy's t.interval), over the defined values; NaN for fewer than 2, the mean itself where
+    they do not vary."""
+    values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if len(values) < 2:
+        return (math.nan, math.nan)
+    mean, sem = float(values.mean()), float(values.std(ddof=1)) / math.sqrt(len(values))
+    if sem == 0:
+        return (mean, mean)
+    low, high = student_t.interval(confidence, len(values) - 1, loc=mean, scale=sem)
+    return (float(low), float(high))
 
 
 def per_class_counts(targets, old_pred, pred, num_old: int) -> dict:
@@ -153,15 +200,22 @@ def margin_summary(old_correct, margin, old_margin=None) -> dict:
 def load_run(run: str, with_margins: bool = True) -> dict | None:
     """results.json and the predictions of a run folder (with its old-class samples' margins
     where predictions.npz allows, unless not ``with_margins``); None (with a warning) if it is not
-    an update. Logits are read only to compute margins, a chunk at a time, and not kept."""
+    an update. A folder with a predictions.npz and no results.json is a run known by its
+    predictions alone ("name": the folder's name; results and config empty). Logits are read only
+    to compute margins, a chunk at a time, and not kept."""
     folder = Path(run)
     results_file, npz_file = folder / "results.json", folder / "predictions.npz"
-    if not results_file.is_file():
-        raise UserError(f"no results.json in {folder}; give finished run folders")
-    try:
-        results = json.loads(results_file.read_text())
-    except ValueError as err:
-        raise UserError(f"{results_file} is not valid JSON ({err}); is the run finished?") from None
+    name = None
+    if results_file.is_file():
+        try:
+            results = json.loads(results_file.read_text())
+        except ValueError as err:
+            raise UserError(f"{results_file} is not valid JSON ({err}); is the run finished?") from None
+    elif npz_file.is_file():
+        results, name = {}, folder.resolve().name
+    else:
+        raise UserError(f"no results.json or predictions.npz in {folder}; give finished run folders (or "
+                        "folders of predictions.npz files)")
     # A results.json without a role (written by other code) counts as an update's.
     if results.get("role", "update") != "update":
         warn(f"skipping {folder}: a {results['role']!r} run, not an update; it has no flips")
@@ -174,7 +228,7 @@ def load_run(run: str, with_margins: bool = True) -> dict | None:
             run_data = _read_predictions(npz, npz_file, results, with_margins)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise UserError(f"{npz_file} cannot be read ({err}); is the run finished?") from None
-    return {"run": run, "results": results, "config": results.get("config") or {}, **run_data}
+    return {"run": run, "results": results, "config": results.get("config") or {}, "name": name, **run_data}
 
 
 def _read_predictions(npz, npz_file: Path, results: dict, with_margins: bool) -> dict:
@@ -280,8 +334,12 @@ def analyse(run: dict, flips, rates: dict, confidence: float) -> dict:
         if isinstance(saved, (int, float)) and not _same(saved, metrics[key]):
             warn(f"{run['run']}: {key} is {metrics[key]:.4f} from predictions.npz with C_old = {num_old} "
                  f"but {saved:.4f} in results.json")
-    nfr_ci, rel_nfr_ci = percentile_interval(
-        nfr_and_rel_nfr(rates["negative"], rates["old_correct"], rates["new_correct"]), confidence)
+    resampled_nfr = nfr_and_rel_nfr(rates["negative"], rates["old_correct"], rates["new_correct"])
+    nfr_ci, rel_nfr_ci = percentile_interval(resampled_nfr, confidence)
+    # Rel-NFR is undefined in a resample where the old model is never right or the updated model
+    # never wrong; its interval leaves those out, and says how many there were.
+    undefined = int(np.isnan(resampled_nfr[:, 1]).sum()) if len(flips.targets) else 0
+    code = run_code(run["results"])
     counts = per_class_counts(targets, old_pred, pred, num_old)
     matrix = flip_matrix(targets, old_pred, pred, num_old, run["num_classes"])
     rows, cols = np.nonzero(matrix)
@@ -289,8 +347,10 @@ def analyse(run: dict, flips, rates: dict, confidence: float) -> dict:
         "label": run["label"],
         "group": run["group"],
         "run": run["run"],
-        "method": run["config"].get("method", run["results"].get("method")),
+        "method": run["method"],
         "seed": run["config"].get("seed"),
+        "code": None if code.commit is None else code._asdict(),
+        "command": run["results"].get("command"),
         "num_old": num_old,
         "n_old": len(flips.targets),
         **{k: metrics[k] for k in REPORTED},
@@ -298,6 +358,8 @@ def analyse(run: dict, flips, rates: dict, confidence: float) -> dict:
         "er_old_model": metrics["er_old_model"],
         "nfr_ci": list(nfr_ci),
         "rel_nfr_ci": list(rel_nfr_ci),
+        "rel_nfr_undefined_resamples": undefined,
+        "er_old_ci": list(percentile_interval(100.0 - rates["new_correct"], confidence)),
         "er_all_ci": list(percentile_interval(rates["error"], confidence)),
         # Undefined (NaN) in a same-class update: there is no new class to flip into.
         "flips_to_new_classes": (_percent(matrix[:, num_old:].sum(), matrix.sum())
@@ -314,7 +376,8 @@ def analyse(run: dict, flips, rates: dict, confidence: float) -> dict:
 
 def pairs(runs: list[dict], flips: list, rates: list[dict], confidence: float, baseline: int | None) -> list[dict]:
     """Every pair (a, b), a before b, of runs on the same samples and old predictions, or each
-    run (a) against the baseline (b) only; with Holm's adjustment over the pairs reported."""
+    run (a) against the baseline (b) only; with Holm's adjustment within each family of the pairs
+    reported: those of two runs of one group ("same_group") and those of two groups."""
     if baseline is None:
         candidates = [(i, j) for i in range(len(runs)) for j in range(i + 1, len(runs))]
     else:
@@ -329,26 +392,30 @@ def pairs(runs: list[dict], flips: list, rates: list[dict], confidence: float, b
             continue
         a, b = flips[i].negative, flips[j].negative
         diff = rates[i]["negative"] - rates[j]["negative"]  # the same resamples: paired
-        out.append({"a": runs[i]["label"], "b": runs[j]["label"],
+        out.append({"a": runs[i]["label"], "b": runs[j]["label"], "same_group": runs[i]["group"] == runs[j]["group"],
                     "nfr_diff": 100.0 * (float(np.mean(a)) - float(np.mean(b))) if len(a) else math.nan,
                     "nfr_diff_ci": list(percentile_interval(diff, confidence)),
                     "n01": int(np.sum(a & ~b)), "n10": int(np.sum(~a & b)), "mcnemar_p": mcnemar_p(a, b)})
-    for pair, adjusted in zip(out, holm([p["mcnemar_p"] for p in out])):
-        pair["p_holm"] = adjusted
+    for family in (True, False):  # the pairs within a group and those across groups: Holm in each
+        members = [p for p in out if p["same_group"] is family]
+        for pair, adjusted in zip(members, holm([p["mcnemar_p"] for p in members])):
+            pair["p_holm"] = adjusted
     return out
 
 
-def groups(runs: list[dict], entries: list[dict], flips: list) -> list[dict]:
+def groups(runs: list[dict], entries: list[dict], flips: list, confidence: float) -> list[dict]:
     """The runs that differ only in the seed, in the order of their first run, with the mean and
-    sample sd of their metrics."""
+    sample sd of their metrics and the t-interval of the mean (``t_interval``)."""
     members = {}
     for i, run in enumerate(runs):
         members.setdefault(run["group"], []).append(i)
     out = []
     for label, idx in members.items():
         group = {"label": label, "runs": [runs[i]["label"] for i in idx], "n": len(idx)}
-        for key in ("nfr", "rel_nfr", "er_all", "flips_to_new_classes"):
+        for key in ("nfr", "rel_nfr", "er_old", "er_all", "flips_to_new_classes"):
             group[f"{key}_mean"], group[f"{key}_sd"] = _mean_sd([entries[i][key] for i in idx])
+        for key in GROUP_INTERVALS:  # the uncertainty of the mean over the seeds
+            group[f"{key}_mean_ci"] = list(t_interval([entries[i][key] for i in idx], confidence))
         per_class = [entries[i]["per_class"]["nfr"] for i in idx]
         if len({len(p) for p in per_class}) == 1:
             values = np.array(per_class, dtype=float)
@@ -359,6 +426,7 @@ def groups(runs: list[dict], entries: list[dict], flips: list) -> list[dict]:
         group["flip_in_every_run"] = (int(np.logical_and.reduce([flips[i].negative for i in idx]).sum())
                                       if shared else None)
         group["method"], group["b"] = entries[idx[0]]["method"], runs[idx[0]]["b"]
+        group["commits"] = sorted({entries[i]["code"]["commit"] for i in idx if entries[i]["code"]})
         group["curve"] = runs[idx[0]]["curve"]
         out.append(group)
     return out
@@ -367,7 +435,8 @@ def groups(runs: list[dict], entries: list[dict], flips: list) -> list[dict]:
 def group_comparisons(group_list: list[dict], entries: list[dict], confidence: float,
                       baseline: str | None) -> list[dict]:
     """Welch's difference of mean NFR between groups of at least 2 runs (every pair, or each
-    against the baseline's group), with Holm's adjustment over the comparisons reported."""
+    against the baseline's group): t, degrees of freedom, interval and p-value, with Holm's
+    adjustment over the comparisons reported."""
     nfr = {e["label"]: e["nfr"] for e in entries}
     seeded = [g for g in group_list if g["n"] >= 2]
     if baseline is None:
@@ -377,8 +446,9 @@ def group_comparisons(group_list: list[dict], entries: list[dict], confidence: f
         candidates = [(g, base) for g in seeded if base is not None and g is not base]
     out = []
     for a, b in candidates:
-        diff, ci, p = welch([nfr[r] for r in a["runs"]], [nfr[r] for r in b["runs"]], confidence)
-        out.append({"a": a["label"], "b": b["label"], "nfr_diff": diff, "nfr_diff_ci": list(ci), "welch_p": p})
+        w = welch([nfr[r] for r in a["runs"]], [nfr[r] for r in b["runs"]], confidence)
+        out.append({"a": a["label"], "b": b["label"], "n_a": a["n"], "n_b": b["n"], "nfr_diff": w.diff,
+                    "nfr_diff_ci": list(w.ci), "welch_t": w.t, "welch_df": w.df, "welch_p": w.p})
     tested = [c for c in out if not math.isnan(c["welch_p"])]
     for comparison, adjusted in zip(tested, holm([c["welch_p"] for c in tested])):
         comparison["p_holm"] = adjusted
@@ -466,37 +536,71 @@ def _table(header: list[str], rows, labels: int = 1) -> list[str]:
     return [f"| {' | '.join(map(str, cells))} |" for cells in (header, align, *rows)]
 
 
+def _group_cell(group: dict, key: str) -> str:
+    """Mean ± sd over the group's seeds and the t-interval of the mean; the value for one run."""
+    cell = _mean_sd_cell(group, key)
+    interval = group.get(f"{key}_mean_ci")
+    if interval and interval[0] is not None and not (isinstance(interval[0], float) and math.isnan(interval[0])):
+        cell += f" [{_num(interval[0])}, {_num(interval[1])}]"
+    return cell
+
+
 def markdown(report: dict, runs: list[dict], confidence: float, resamples: int, csv_runs: list[str]) -> str:
     level = f"{100 * confidence:g}%"
     entries, group_list = report["runs"], report["groups"]
-    out = ["### Groups (runs that differ only in the seed: mean ± sample sd over them)", ""]
-    out += _table(["Group", "Runs", "NFR", "Rel-NFR", "ER(Y_all)", "Flips into new classes (%)",
-                   "Samples flipping in every run"],
-                  ([g["label"], g["n"], *(_mean_sd_cell(g, k) for k in ("nfr", "rel_nfr", "er_all", "flips_to_new_classes")),
-                    "–" if g["flip_in_every_run"] is None else g["flip_in_every_run"]] for g in group_list))
-    out += ["", f"### Between groups (NFR(a) - NFR(b), means over seeds, Welch {level} interval; "
+    codes = {e["label"]: run_code({"code": e["code"]}) for e in entries}
+    marks = code_marks(codes.values())
+    code_column = ["Code"] if marks.shown else []
+
+    def code_cell(labels):
+        return [marks.mark([codes[label] for label in labels])] if marks.shown else []
+
+    out = [f"### Groups (runs that differ only in the seed: mean ± sample sd over them, and the {level} "
+           "t-interval of the mean over the seeds)", ""]
+    out += _table(["Group", "Runs", "NFR", "Rel-NFR", "ER(Y_old)", "ER(Y_all)", "Flips into new classes (%)",
+                   "Samples flipping in every run", *code_column],
+                  ([g["label"], g["n"], *(_group_cell(g, k) for k in ("nfr", "rel_nfr", "er_old", "er_all")),
+                    _mean_sd_cell(g, "flips_to_new_classes"),
+                    "–" if g["flip_in_every_run"] is None else g["flip_in_every_run"], *code_cell(g["runs"])]
+                   for g in group_list))
+    out += ["", marks.footnote(list(codes.values()))]
+    out += ["", f"### Comparisons of groups over seeds (each seed one replicate: whether two methods or "
+                f"settings differ; NFR(a) - NFR(b) of the means, Welch's t-test and {level} interval, "
                 "Holm over the comparisons)", ""]
     if report["group_comparisons"]:
-        out += _table(["a", "b", "NFR(a) - NFR(b)", "Welch p", "Holm p"],
-                      ([c["a"], c["b"], _ci(c["nfr_diff"], c["nfr_diff_ci"]), _p_value(c["welch_p"]),
-                        _p_value(c["p_holm"])] for c in report["group_comparisons"]), labels=2)
+        out += _table(["a", "b", "Runs a / b", "NFR(a) - NFR(b)", "Welch t", "Welch df", "Welch p", "Holm p"],
+                      ([c["a"], c["b"], f"{c['n_a']} / {c['n_b']}", _ci(c["nfr_diff"], c["nfr_diff_ci"]),
+                        _num(c["welch_t"]), _num(c["welch_df"]), _p_value(c["welch_p"]), _p_value(c["p_holm"])]
+                       for c in report["group_comparisons"]), labels=2)
     else:
         out.append("None: a comparison over seeds needs two groups of at least 2 runs each (with "
                    "--baseline, the baseline's group among them).")
-    out += ["", f"### Runs ({level} percentile bootstrap intervals, {resamples} resamples)", ""]
+    out += ["", f"### Runs ({level} percentile bootstrap intervals over the test samples, {resamples} resamples)", ""]
     out += _table(["Run", "C_old", "Old-class samples", "NFR", "Rel-NFR", "ER(Y_old)", "ER(Y_all)", "PFR",
-                   "Flips into new classes (%)"],
+                   "Flips into new classes (%)", *code_column],
                   ([e["label"], e["num_old"], e["n_old"], _ci(e["nfr"], e["nfr_ci"]), _ci(e["rel_nfr"], e["rel_nfr_ci"]),
-                    _num(e["er_old"]), _ci(e["er_all"], e["er_all_ci"]), _num(e["pfr"]),
-                    _num(e["flips_to_new_classes"])] for e in entries))
-    out += ["", f"### Pairs of runs (same test set and old model; paired {level} bootstrap interval, "
-                "exact McNemar test, Holm over the pairs)", ""]
-    if report["pairs"]:
+                    _ci(e["er_old"], e["er_old_ci"]), _ci(e["er_all"], e["er_all_ci"]), _num(e["pfr"]),
+                    _num(e["flips_to_new_classes"]), *code_cell([e["label"]])] for e in entries))
+    undefined = [f"{e['label']} {e['rel_nfr_undefined_resamples']} of {resamples}" for e in entries
+                 if e["rel_nfr_undefined_resamples"]]
+    out += ["", "Resamples in which Rel-NFR is undefined (the old model never right or the updated model never "
+                "wrong; left out of its interval): " + ("; ".join(undefined) or "none") + "."]
+    out += ["", f"### Pairs of runs over the test samples (whether two trained models differ, not whether two "
+                f"methods do; same test set and old model; paired {level} bootstrap interval, exact McNemar test)", ""]
+    if not report["pairs"]:
+        out.append("No two runs share the test set and the old model's predictions.")
+    for family, heading in ((True, "Two seeds of one group (how far retraining alone moves the flips)"),
+                            (False, "Runs of two groups")):
+        members = [p for p in report["pairs"] if p["same_group"] is family]
+        if not members:
+            continue
+        out += [f"#### {heading}: Holm over these {len(members)} pairs", ""]
         out += _table(["a", "b", "NFR(a) - NFR(b)", "a only / b only flips", "McNemar p", "Holm p"],
                       ([p["a"], p["b"], _ci(p["nfr_diff"], p["nfr_diff_ci"]), f"{p['n01']} / {p['n10']}",
-                        _p_value(p["mcnemar_p"]), _p_value(p["p_holm"])] for p in report["pairs"]), labels=2)
-    else:
-        out.append("No two runs share the test set and the old model's predictions.")
+                        _p_value(p["mcnemar_p"]), _p_value(p["p_holm"])] for p in members), labels=2)
+        out.append("")
+    if out[-1] == "":
+        out.pop()
     out += ["", f"### Most frequent negative flips (true class -> updated prediction, top {TOP_FLIPS})", ""]
     for e, run in zip(entries, runs):
         flips = top_flips(run, e["flip_to"])
@@ -557,6 +661,10 @@ def test_images(run: dict, data_root: str) -> TestImages | None:
     """The run's test images under ``data_root``, checked against its targets; None (with a
     warning) when they do not match."""
     dataset = run["config"].get("dataset")
+    if dataset is None:
+        warn(f"{run['label']} records no data set (a folder of predictions alone), nor does any run of its "
+             "test samples: no images shown")
+        return None
     images = TestImages(dataset, data_root)
     targets = run["arrays"]["targets"]
     if len(images) != len(targets) or not np.array_equal(images.targets, targets):
@@ -600,21 +708,26 @@ def main(argv=None):
     runs = [r for r in map(load_run, args.runs) if r is not None]
     if not runs:
         raise UserError(f"none of {', '.join(args.runs)} is an update run; flips need an old and an updated model")
-    methods = [r["config"].get("method", r["results"].get("method")) for r in runs]
     # results.json's "setting" (the kind of update: old fraction, the old model's share of the
-    # images, architectures) names runs apart too where it differs
-    settings = [{**r["config"], **update_kind(r["results"])} for r in runs]
-    for run, method, name in zip(runs, methods, labels(methods, settings)):
+    # images, architectures) names runs apart too where it differs; a folder of predictions alone
+    # is named by the folder
+    names = labels([r["results"] for r in runs], [r["name"] for r in runs])
+    for run, name in zip(runs, names):
         run["label"], run["group"], run["curve"] = name.label, name.group, name.curve
-        run["b"] = run["config"].get("b") if "b" in method_defaults(method, run["config"].get("dataset")) else None
+        method = run_method(run["results"])
+        run["method"], run["b"] = method.name, method.b
     baseline = find_baseline(runs, args.baseline) if args.baseline else None
-    images = test_images(runs[baseline or 0], args.data_root) if args.data_root else None
+    images = None
+    if args.data_root:  # the reference run's test images, named by a run of them that records its data set
+        ref = runs[baseline or 0]
+        known = [r for r in runs if r["config"].get("dataset") and same_samples(ref, r)]
+        images = test_images(known[0] if known else ref, args.data_root)
 
     flips = [flip_indicators(r["arrays"]["targets"], r["arrays"]["old_pred"], r["arrays"]["pred"], r["num_old"])
              for r in runs]
     rates = resampled(runs, flips, args.resamples, args.seed)
     entries = [analyse(r, f, q, args.confidence) for r, f, q in zip(runs, flips, rates)]
-    group_list = groups(runs, entries, flips)
+    group_list = groups(runs, entries, flips, args.confidence)
     report = json_safe({
         "runs": entries, "groups": group_list,
         "group_comparisons": group_comparisons(group_list, entries, args.confidence,

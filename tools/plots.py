@@ -18,6 +18,7 @@ import torch
 
 from tools.mpl import pyplot
 from tools.results import REFERENCES, Row, TableKey, find_runs, group, uses_b
+from tools.run_labels import run_method
 from utils.checkpoint import load_model, read_checkpoint
 from utils.data import load_dataset, normalizer
 from utils.errors import UserError, exit_on_user_error
@@ -64,13 +65,25 @@ def embeddings(run_dir: Path, data_root: str | None, batch_size: int, device: st
     model = model.to(device)
     with torch.inference_mode():
         feats = [model.features(x.to(device)).float().cpu() for x, _ in eval_batches(test, batch_size, transform)]
-    name = REFERENCES.get(role) or config.get("method", run_dir.name)
-    if uses_b(name) and config.get("b") is not None:
-        name += f" (b={config['b']:g})"
+    name = panel_name(role, results, config, run_dir.name)
     metrics = results or ckpt.get("metrics", {})
     if "nfr" in metrics:
         name += f"\nER(Y_all) {metrics['er_all']:.2f}  NFR {metrics['nfr']:.2f}"
     return torch.cat(feats).numpy(), test.targets.numpy(), data.classes, ckpt["num_old_classes"], name
+
+
+def panel_name(role: str, results: dict, config: dict, folder: str) -> str:
+    """A panel's title: the reference model, or the method with its b as results.json's "method"
+    record gives them (older records: the checkpoint's config, b where the method uses it)."""
+    if role in REFERENCES:
+        return REFERENCES[role]
+    method = run_method(results) if results else None
+    if method is not None and method.recorded:
+        name, b = method.name, method.b
+    else:
+        name = config.get("method", folder)
+        b = config.get("b") if uses_b(name) else None
+    return name if b is None else f"{name} (b={b:g})"
 
 
 _DATASETS = {}
@@ -127,7 +140,7 @@ def sweep_rows(folders) -> dict[TableKey, dict[str, list[Row]]]:
     for key, rows in group(find_runs(folders)).items():
         by_method = {}
         for row in rows:
-            if uses_b(row.method):
+            if row.b is not None:  # a method that uses b
                 by_method.setdefault(row.curve, []).append(row)
         if by_method:
             out[key] = by_method

@@ -21,8 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
-from methods import all_hyperparameters, hyperparameters
-from tools.run_labels import method_defaults, update_kind
+from methods import all_hyperparameters, hyperparameters, method_defaults
+from tools.run_labels import Code, run_code, run_method, update_kind
 from utils.checkpoint import read_checkpoint
 from utils.cli import base_parser
 from utils.errors import UserError, warn
@@ -61,12 +61,29 @@ def unused_flags(method: str) -> set:
     return set(all_hyperparameters()) - used
 
 
-def settings(method: str, config: dict) -> tuple:
+def method_settings(results: dict) -> tuple[str, dict, dict]:
+    """An update's method, its hyperparameters as run and their defaults on its data set: from
+    results.json's "method" record, or for an older record the config's values of the method's
+    hyperparameters and the registry's defaults (none for a method this version does not know)."""
+    config = results["config"]
+    record = run_method(results)
+    if record.recorded:
+        return record.name, record.hyperparameters, record.defaults
+    method = config.get("method", UNKNOWN)
+    try:
+        defaults = method_defaults(method, config["dataset"])
+    except KeyError:
+        defaults = {}
+    return method, {k: config[k] for k in defaults if k in config}, defaults
+
+
+def settings(values: dict, defaults: dict, config: dict) -> tuple:
     """(flag, value) pairs, other than b, where an update run departs from main.py's defaults in
-    a way that changes its result: the method's own hyperparameters and the data pipeline."""
-    defaults = {**method_defaults(method, config["dataset"]), "data_pipeline": pipeline_default()}
-    defaults.pop("b", None)
-    return tuple((f, config[f]) for f, default in defaults.items() if f in config and config[f] != default)
+    a way that changes its result: the method's own hyperparameters (``values`` against
+    ``defaults``) and the data pipeline."""
+    own = tuple((k, v) for k, v in values.items() if k != "b" and v != defaults.get(k))
+    pipeline = config.get("data_pipeline", pipeline_default())
+    return own + ((("data_pipeline", pipeline),) if pipeline != pipeline_default() else ())
 
 
 class TableKey(NamedTuple):
@@ -97,6 +114,12 @@ class Run:
     settings: tuple         # non-default hyperparameters, see settings()
     seed: int | None
     results: dict           # results.json
+    b_default: float | None = None  # the method's default b on the run's data set
+
+    @property
+    def code(self) -> Code:
+        """The code that made the run (results.json's "code"; unknown where absent)."""
+        return run_code(self.results)
 
     def metrics(self, split: str = "test") -> dict:
         """The test metrics, or the validation ones (``split="val"``; {} without --val-fraction)."""
@@ -113,7 +136,7 @@ class Row:
     @property
     def label(self) -> str:
         """The method, with b where it is not the default and any other non-default setting."""
-        show_b = self.b is not None and self.b != method_defaults(self.method, self.runs[0].dataset).get("b")
+        show_b = self.b is not None and self.b != self.runs[0].b_default
         return self._name([f"b={self.b:g}"] if show_b else [])
 
     @property
@@ -181,20 +204,23 @@ def find_runs(folders) -> list[Run]:
 
 def _make_run(path: Path, r: dict, old_archs: dict) -> Run:
     cfg, role = r["config"], r["role"]
+    b = b_default = None
+    extra = ()
     if role == "update":
         ckpt = _resolve(cfg["old_ckpt"]) if cfg.get("old_ckpt") else None
         old_arch = (old_archs.get(ckpt) or _checkpoint_arch(ckpt)) if ckpt else UNKNOWN
-        method = cfg.get("method", UNKNOWN)
+        method, values, defaults = method_settings(r)
+        if values.get("b") is not None:
+            b, b_default = float(values["b"]), defaults.get("b")
+        extra = settings(values, defaults, cfg)
     else:
         old_arch = cfg["arch"] if role == "old" else UNKNOWN
         method = REFERENCES[role]
-    b = float(cfg["b"]) if uses_b(method) and cfg.get("b") is not None else None
-    extra = settings(method, cfg) if role == "update" else ()
     kind = update_kind(r)
     old_fraction = kind["old_fraction"]
     old_data_fraction = None if role == "new" else kind["old_data_fraction"]
     return Run(path, role, cfg["dataset"], cfg["arch"], old_arch, old_fraction, old_data_fraction, method, b,
-               extra, cfg.get("seed"), r)
+               extra, cfg.get("seed"), r, b_default)
 
 
 def _resolve(path: str) -> str:

@@ -1,91 +1,36 @@
-"""Run labels from a run's settings (results.json's "config"), without importing torch.
+"""Run labels and provenance marks from what a run's results.json records, without importing torch.
 
     <method>[-b<b>][-<hyperparameter><value> ...][-<setting>=<value> ...]-seed<seed>
 
-e.g. ``MPT_KL-b4-seed42``: the method; b for the methods that take it, always (a sweep over b is
-read by it); the method's other hyperparameters where they differ from its defaults (with the
-data set's, as main.py sets them: ImageNet's b is 1.5); any other training setting in which the
-runs at hand differ (``arch=resnet50``); the seed. The label without its seed names the run's
-group: runs that differ only in the seed.
+e.g. ``MPT_KL-b4-seed42``. The method part is results.json's ``"method"`` record (written by
+main.py, utils/cli.py ``method_record``): its ``"label"``, the method's name with b always where
+the method takes it (a sweep over b is read by it) and its other hyperparameters where they differ
+from the defaults it records (those of the method on the run's data set: ImageNet's b is 1.5).
+Then any other training setting in which the runs at hand differ (``arch=resnet50``), and the
+seed. The label without its seed names the run's group: runs that differ only in the seed.
 
-The methods' hyperparameters are their constructors' keyword arguments (methods/registry.py).
-They are read here from the source of methods/, utils/cli.py and utils/settings.py (``ast``), not imported: importing
-the methods loads torch (seconds and about a GB) for a few numbers. tests/tools/test_flips.py
-checks that they equal the registry's.
+Records older than the ``"method"`` record name the method from ``config["method"]``; b is shown
+where the config has one and the method's name says that it takes it (MPT's variants other than
+the ``_nobias`` ones); any other hyperparameter that differs between the runs shows as a differing
+setting (``lm_weight=0.04``).
+
+Provenance: results.json's ``"code"`` ({"commit": 40 hex digits, "dirty": whether tracked files
+differed from it}, or null where the code was not a git checkout; absent in older records).
+``code_marks`` names the commits of a set of runs with letters and marks the runs of a changed
+(dirty) tree ("*") or of unknown code ("?"), for the tables and the flip analysis to show where
+the runs were not all made by the same code state; a footnote says what the marks mean, or the
+state that all the runs share.
 """
 from __future__ import annotations
 
-import ast
 import json
-from functools import lru_cache
-from pathlib import Path
 from typing import NamedTuple
 
-REPO = Path(__file__).resolve().parent.parent
-METHODS_DIR = REPO / "methods"
-CLI = REPO / "utils" / "cli.py"
-SETTINGS = REPO / "utils" / "settings.py"
+from utils.settings import NOT_IDENTITY
+
 # Settings that say where files are, not what a run computes: a different old model shows in the
 # old predictions, which every comparison checks.
 LOCATIONS = {"data_root", "old_ckpt", "new_ckpt", "ensemble_dir"}
-
-
-def _keywords(function: ast.FunctionDef) -> dict:
-    """A constructor's keyword arguments but self and num_old, with their literal defaults."""
-    args = function.args.args[1:]
-    defaults = [None] * (len(args) - len(function.args.defaults)) + list(function.args.defaults)
-    pairs = list(zip(args, defaults)) + list(zip(function.args.kwonlyargs, function.args.kw_defaults))
-    return {a.arg: ast.literal_eval(d) for a, d in pairs if a.arg != "num_old" and d is not None}
-
-
-@lru_cache(maxsize=None)
-def declared_hyperparameters() -> dict[str, dict]:
-    """{method: {hyperparameter: default}} of every ``@register("Name")`` class in methods/, the
-    keywords of its own or its nearest base's ``__init__``."""
-    classes = {}  # class name: (base names, keywords of its own __init__ or None, registered name)
-    for path in sorted(METHODS_DIR.glob("*.py")):
-        for node in ast.parse(path.read_text()).body:
-            if not isinstance(node, ast.ClassDef):
-                continue
-            init = next((f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"), None)
-            registered = [d.args[0].value for d in node.decorator_list
-                          if isinstance(d, ast.Call) and getattr(d.func, "id", None) == "register"]
-            classes[node.name] = ([b.id for b in node.bases if isinstance(b, ast.Name)],
-                                  _keywords(init) if init else None, registered[0] if registered else None)
-
-    def keywords(name: str) -> dict:
-        bases, own, _ = classes[name]
-        if own is not None:
-            return own
-        return next((keywords(b) for b in bases if b in classes), {})
-
-    return {registered: keywords(name) for name, (_, _, registered) in classes.items() if registered}
-
-
-def _module_constant(path: Path, name: str):
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise LookupError(f"{path} defines no {name}")
-
-
-@lru_cache(maxsize=None)
-def dataset_defaults() -> dict:
-    """utils/cli.py's DATASET_DEFAULTS: the flags whose default depends on the data set."""
-    return _module_constant(CLI, "DATASET_DEFAULTS")
-
-
-@lru_cache(maxsize=None)
-def not_identity() -> frozenset:
-    """utils/settings.py's NOT_IDENTITY: the flags that do not change what a run computes."""
-    return frozenset(_module_constant(SETTINGS, "NOT_IDENTITY"))
-
-
-def method_defaults(method: str | None, dataset: str | None) -> dict:
-    """The method's hyperparameters as main.py sets them when not given ({} if unknown)."""
-    declared = declared_hyperparameters().get(method, {})
-    by_dataset = dataset_defaults().get(dataset, {})
-    return {k: by_dataset.get(k, v) for k, v in declared.items()}
 
 
 def update_kind(results: dict) -> dict:
@@ -103,22 +48,49 @@ def _value(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def method_part(method: str | None, config: dict, with_b: bool = True) -> list[str]:
-    """The method and its hyperparameters as they enter the label: b always where the method takes
-    it (unless not ``with_b``), the others where they differ from the method's defaults."""
-    parts = [method or "?"]
-    for name, default in method_defaults(method, config.get("dataset")).items():
-        if name in config and ((name == "b" and with_b) or (name != "b" and config[name] != default)):
-            parts.append(f"{name}{_value(config[name])}")
-    return parts
+def name_takes_b(method: str | None) -> bool:
+    """For records without a "method" record: whether the method's name says that it takes the
+    margin bias b (MPT_KL, MPT_LM, MPT_nodistillation; not the _nobias ablations)."""
+    return bool(method) and method.startswith("MPT") and not method.endswith("nobias")
+
+
+class MethodRecord(NamedTuple):
+    name: str | None         # the method, None where the record names none
+    hyperparameters: dict    # as run ({} where unknown)
+    defaults: dict           # the method's defaults on the run's data set ({} where unknown)
+    recorded: bool           # from results.json's "method" record (False: read from the config)
+
+    @property
+    def b(self) -> float | None:
+        """The margin bias the run trained with, None for a method that takes none."""
+        value = self.hyperparameters.get("b")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def parts(self, with_b: bool = True) -> list[str]:
+        """The method and its hyperparameters as they enter a label: b always where the method
+        takes it (unless not ``with_b``), the others where they differ from the defaults."""
+        return [self.name or "?"] + [f"{k}{_value(v)}" for k, v in self.hyperparameters.items()
+                                     if (k == "b" and with_b) or (k != "b" and v != self.defaults.get(k))]
+
+
+def run_method(results: dict) -> MethodRecord:
+    """The method of an update's results.json: its "method" record, or for older records the
+    config's method with b where the name says it takes it (see the module's docstring)."""
+    record = results.get("method")
+    if isinstance(record, dict) and record.get("name"):
+        return MethodRecord(record["name"], dict(record.get("hyperparameters") or {}),
+                            dict(record.get("defaults") or {}), True)
+    config = results.get("config") or {}
+    # A results.json of other code may name the method at its top level (a string).
+    name = config.get("method", record if isinstance(record, str) else None)
+    b = {"b": config["b"]} if name_takes_b(name) and config.get("b") is not None else {}
+    return MethodRecord(name, b, {}, False)
 
 
 def differing_settings(configs: list[dict]) -> list[str]:
-    """The settings, other than the seed, the method, the methods' hyperparameters (each method's
-    label shows its own) and those that do not change a run's result, in which ``configs``
-    differ."""
-    hyperparameters = set().union(*map(set, declared_hyperparameters().values()))
-    skip = {"seed", "method"} | hyperparameters | not_identity() | LOCATIONS
+    """The settings, other than the seed, the method, b and those that do not change a run's
+    result, in which ``configs`` differ."""
+    skip = {"seed", "method", "b"} | set(NOT_IDENTITY) | LOCATIONS
     keys = sorted(set().union(*map(set, configs)) - skip)
     return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
 
@@ -129,16 +101,115 @@ class RunName(NamedTuple):
     curve: str   # the group without b: the runs of one line of a sweep over b, MPT_KL
 
 
-def labels(methods: list[str | None], configs: list[dict]) -> list[RunName]:
-    """The names of the runs with these methods and configs; labels that would still coincide (a
-    run given twice) get "#2", "#3" ..."""
-    settings = differing_settings(configs)
+def labels(records: list[dict], fixed: list[str | None] | None = None) -> list[RunName]:
+    """The names of the runs of these results.json records (their config with the kind of update,
+    ``update_kind``, is what differs between them). A run with a ``fixed`` name (a folder that
+    holds predictions alone) is named by it, its own group and curve, and takes no part in
+    choosing the settings shown. Labels that would still coincide (a run given twice) get "#2",
+    "#3" ..."""
+    fixed = fixed or [None] * len(records)
+    configs = [{**(r.get("config") or {}), **update_kind(r)} for r in records]
+    settings = differing_settings([c for c, name in zip(configs, fixed) if name is None] or [{}])
     out, seen = [], {}
-    for method, config in zip(methods, configs):
-        other = [f"{k}={_value(config[k])}" for k in settings if k in config]
-        group = "-".join(method_part(method, config) + other)
-        curve = "-".join(method_part(method, config, with_b=False) + other)
-        label = group + (f"-seed{config['seed']}" if config.get("seed") is not None else "")
+    for record, config, name in zip(records, configs, fixed):
+        if name is not None:
+            group = curve = label = name
+        else:
+            method = run_method(record)
+            # the run's own hyperparameters are in its method part already
+            other = [f"{k}={_value(config[k])}" for k in settings
+                     if k in config and k not in method.hyperparameters]
+            group = record["method"]["label"] if method.recorded and record["method"].get("label") else \
+                "-".join(method.parts())
+            group = "-".join([group, *other])
+            curve = "-".join(method.parts(with_b=False) + other)
+            label = group + (f"-seed{config['seed']}" if config.get("seed") is not None else "")
         seen[label] = seen.get(label, 0) + 1
-        out.append(RunName(label + (f"#{seen[label]}" if seen[label] > 1 else ""), group, curve))
+        if seen[label] > 1:
+            label += f"#{seen[label]}"
+            if name is not None:   # a run of its own: its group is itself
+                group = curve = label
+        out.append(RunName(label, group, curve))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance
+# ---------------------------------------------------------------------------------------------
+UNKNOWN_CODE = "?"
+DIRTY = "*"
+SHORT_COMMIT = 12
+
+
+class Code(NamedTuple):
+    commit: str | None   # 40 hex digits, None where unknown
+    dirty: bool          # made by a working tree whose tracked files differed from the commit
+
+
+def run_code(results: dict | None) -> Code:
+    """The code that made a run, from results.json's "code" (null or absent: unknown)."""
+    code = (results or {}).get("code")
+    if isinstance(code, dict) and isinstance(code.get("commit"), str) and code["commit"]:
+        return Code(code["commit"], bool(code.get("dirty")))
+    return Code(None, False)
+
+
+class CodeMarks(NamedTuple):
+    letters: dict        # {commit: "a", ...}, in the order first seen
+    shown: bool          # whether runs need marks: not all made by the same code state
+
+    def mark(self, codes) -> str:
+        """The cell of a row (or run) of these ``codes``: the letters of its commits, each with
+        "*" where a run of it was dirty, and "?" where the code of a run is unknown."""
+        out = []
+        for commit, letter in self.letters.items():
+            mine = [c for c in codes if c.commit == commit]
+            if mine:
+                out.append(letter + (DIRTY if any(c.dirty for c in mine) else ""))
+        if any(c.commit is None for c in codes):
+            out.append(UNKNOWN_CODE)
+        return ", ".join(out)
+
+    def footnote(self, codes) -> str:
+        """One line on the code of ``codes``: what the letters and marks mean where they are
+        shown, else the code state that every run shares."""
+        codes = list(codes)
+        if not codes:
+            return ""
+        unknown = ("code not recorded (a results.json older than its \"code\", or a run made outside a git "
+                   "checkout)")
+        if not self.shown:
+            commit, dirty = codes[0]
+            if commit is None:
+                return f"Code: {unknown}, for every run."
+            return (f"Code: every run made by commit {commit[:SHORT_COMMIT]}"
+                    + (", from a working tree with changes to its tracked files (dirty): the runs' code "
+                       "may differ" if dirty else "") + ".")
+        parts = [f"{letter} = commit {commit[:SHORT_COMMIT]}" for commit, letter in self.letters.items()]
+        if any(c.dirty for c in codes):
+            parts.append(f"{DIRTY} = from a working tree with changes to that commit's tracked files (dirty)")
+        if any(c.commit is None for c in codes):
+            parts.append(f"{UNKNOWN_CODE} = {unknown}")
+        return "Code: " + "; ".join(parts) + "."
+
+
+def code_marks(codes) -> CodeMarks:
+    """Letters for the commits of ``codes`` (``run_code`` of each run) and whether the runs need
+    marks: they differ in commit, in being dirty or in being known (all runs of one state get a
+    footnote alone: a column of one mark would tell nothing more)."""
+    codes = list(codes)
+    letters = {}
+    for c in codes:
+        if c.commit is not None and c.commit not in letters:
+            letters[c.commit] = _letter(len(letters))
+    return CodeMarks(letters, len(set(codes)) > 1)
+
+
+def _letter(i: int) -> str:
+    """a, b, ..., z, aa, ab, ..."""
+    word = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        word = chr(ord("a") + r) + word
+    return word

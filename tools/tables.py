@@ -2,20 +2,29 @@
 
 One table per (data set, old architecture -> new architecture); rows in the paper's order
 (Old model, New model, No_Treatment, PCT_*, ELODI*, MPT ablations, MPT_KL, MPT_LM), one row per b
-for the MPT variants that use it (labelled "MPT_KL (b=2)" unless b is main.py's default for the
-data set); columns ER(Y_old), ER(Y_all), NFR, Rel-NFR in percent, "mean ± sample std" over the
-row's runs (usually seeds) and the number of runs. "–" marks a value that no run of the row has:
-the old model only has ER(Y_old), the new reference model no flip metrics.
+for the MPT variants that use it (labelled "MPT_KL (b=2)" unless b is the method's default on the
+data set, as the run's results.json records it); columns ER(Y_old), ER(Y_all), NFR, Rel-NFR in
+percent, "mean ± sample std" over the row's runs (usually seeds) and the number of runs. "–"
+marks a value that no run of the row has: the old model only has ER(Y_old), the new reference
+model no flip metrics.
 
     python -m tools.tables runs/                 Markdown on stdout
     python -m tools.tables runs/ --out results/  results/tables.md and results/tables.csv
     python -m tools.tables runs/ --print         a compact plain-text table
     python -m tools.tables runs/ --split val     the validation metrics (runs with --val-fraction)
-    python -m tools.tables runs/ --ci            adds a column: a percentile bootstrap interval of
-        NFR over the test samples (utils.metrics, seed 0), for the runs that saved predictions.npz.
-        A row of several runs shows the mean of its runs' interval bounds: the uncertainty that
-        the finite test set gives one run (the ± column is the spread between runs); "(k of n
-        runs)" when only some of them have predictions.
+    python -m tools.tables runs/ --ci            adds a column, an interval of NFR labelled as
+        what it is: for a row of several runs (seeds), the t-interval of the mean NFR over them
+        (mean +- t(n-1) sd / sqrt(n), scipy; "t, n seeds"), the uncertainty of the row's mean; for
+        a row of one run, the percentile bootstrap interval over the test samples ("bootstrap"),
+        from its predictions.npz (utils.metrics, seed 0): the uncertainty the finite test set
+        gives that one trained model. Rows without either show "–".
+
+Provenance (results.json's "code"): where the runs of a table differ in the code that made them
+(commits, a changed, dirty, working tree, or code not recorded), a Code column names each row's
+commits by letter, marks those of a dirty tree with "*" and runs of unknown code with "?", and a
+line under the table says what the letters and marks mean; where all runs share one state, that
+line alone names it. The CSV always has the row's commits ("commits"), its dirty runs and its
+runs of unknown code.
 """
 from __future__ import annotations
 
@@ -25,10 +34,9 @@ import io
 import math
 from pathlib import Path
 
-import numpy as np
-
-from tools.flips import load_run
+from tools.flips import load_run, t_interval
 from tools.results import METRICS, Row, Run, TableKey, find_runs, group
+from tools.run_labels import code_marks
 from utils.errors import UserError, exit_on_user_error, warn
 from utils.metrics import bootstrap_interval, flip_indicators, rate
 
@@ -58,34 +66,54 @@ def run_nfr_interval(run: Run, resamples: int, confidence: float) -> tuple[float
     return bootstrap_interval(rate, flips.negative, resamples=resamples, confidence=confidence, seed=0)
 
 
+T_INTERVAL = "t"
+BOOTSTRAP = "bootstrap"
+
+
 def nfr_intervals(tables: dict, resamples: int, confidence: float) -> dict:
-    """{id(row): (mean low, mean high, runs with an interval)} for the rows with any (see the
-    module's docstring)."""
+    """{id(row): (low, high, kind, runs behind it)} for the rows with an NFR interval: kind
+    T_INTERVAL, the t-interval of the mean over a row's runs with a finite NFR where there are at
+    least 2; BOOTSTRAP, the bootstrap interval over the test samples of a row's single run."""
     out = {}
     for rows in tables.values():
         for row in rows:
-            found = [i for i in (run_nfr_interval(r, resamples, confidence) for r in row.runs) if i is not None]
-            found = [i for i in found if not any(map(math.isnan, i))]
-            if found:
-                low, high = np.mean(found, axis=0)
-                out[id(row)] = (float(low), float(high), len(found))
+            values = [v for v in (r.metrics().get("nfr") for r in row.runs)
+                      if isinstance(v, (int, float)) and math.isfinite(v)]
+            if len(values) >= 2:
+                out[id(row)] = (*t_interval(values, confidence), T_INTERVAL, len(values))
+            elif len(row.runs) == 1:
+                found = run_nfr_interval(row.runs[0], resamples, confidence)
+                if found is not None and not any(map(math.isnan, found)):
+                    out[id(row)] = (float(found[0]), float(found[1]), BOOTSTRAP, 1)
     return out
 
 
 def ci_cell(row: Row, intervals: dict) -> str:
     if id(row) not in intervals:
         return MISSING
-    low, high, k = intervals[id(row)]
-    return f"[{low:.2f}, {high:.2f}]" + (f" ({k} of {len(row.runs)} runs)" if k < len(row.runs) else "")
+    low, high, kind, k = intervals[id(row)]
+    what = (f"t, {k} seeds" + (", no spread" if low == high else "")) if kind == T_INTERVAL else "bootstrap"
+    return f"[{low:.2f}, {high:.2f}] ({what})"
+
+
+def code_cells(rows: list[Row]):
+    """The Code column's cells (None where all the runs share one code state) and the line under
+    the table (see the module's docstring)."""
+    marks = code_marks(r.code for row in rows for r in row.runs)
+    cells = [marks.mark([r.code for r in row.runs]) for row in rows] if marks.shown else None
+    return cells, marks.footnote([r.code for row in rows for r in row.runs])
 
 
 def table_cells(rows: list[Row], split: str, intervals: dict | None = None,
                 confidence: float = 0.95) -> list[list[str]]:
-    """Header line and one line of cells per row (and the NFR interval column with ``intervals``)."""
+    """Header line and one line of cells per row (and the NFR interval column with ``intervals``,
+    the Code column where the runs need it)."""
     ci = [f"NFR {100 * confidence:g}% CI"] if intervals is not None else []
-    lines = [["Method", "Runs", *(HEADERS[m] for m in METRICS), *ci]]
+    codes, _ = code_cells(rows)
+    lines = [["Method", "Runs", *(HEADERS[m] for m in METRICS), *ci, *(["Code"] if codes else [])]]
     lines += [[row.label, str(len(row.runs)), *(cell(row, m, split) for m in METRICS),
-               *([ci_cell(row, intervals)] if ci else [])] for row in rows]
+               *([ci_cell(row, intervals)] if ci else []), *([codes[i]] if codes else [])]
+              for i, row in enumerate(rows)]
     return lines
 
 
@@ -100,7 +128,7 @@ def markdown(tables: dict, split: str = "test", intervals: dict | None = None, c
         out += [f"### {title(key, split)}", "", "| " + " | ".join(header) + " |",
                 "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
         out += ["| " + " | ".join(line) + " |" for line in body]
-        out.append("")
+        out += ["", code_cells(rows)[1], ""]
     return "\n".join(out)
 
 
@@ -113,13 +141,14 @@ def plain_text(tables: dict, split: str = "test", intervals: dict | None = None,
         out.append(title(key, split))
         out += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
                 for line in lines]
-        out.append("")
+        out += [code_cells(rows)[1], ""]
     return "\n".join(out)
 
 
 def csv_text(tables: dict, split: str = "test", intervals: dict | None = None) -> str:
-    """One line per row of every table; numbers unformatted, empty where missing (with
-    ``intervals``, also the NFR interval's bounds and the number of runs behind them)."""
+    """One line per row of every table; numbers unformatted, empty where missing; the row's
+    commits (";"-separated), its runs of a dirty tree and of unknown code (with ``intervals``, also
+    the NFR interval's bounds, its kind and the number of runs behind it)."""
     def number(x):
         return "" if math.isnan(x) else f"{x:.6g}"
 
@@ -127,16 +156,20 @@ def csv_text(tables: dict, split: str = "test", intervals: dict | None = None) -
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([*TableKey._fields, "split", "row", "method", "b", "runs",
                      *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
-                     *(["nfr_ci_low", "nfr_ci_high", "nfr_ci_runs"] if intervals is not None else [])])
+                     "commits", "dirty_runs", "unknown_code_runs",
+                     *(["nfr_ci_low", "nfr_ci_high", "nfr_ci_kind", "nfr_ci_runs"] if intervals is not None else [])])
     for key, rows in tables.items():
         for row in rows:
             stats = [row.stat(m, split)[:2] for m in METRICS]
             ci = []
             if intervals is not None:
-                low, high, k = intervals.get(id(row), (math.nan, math.nan, 0))
-                ci = [number(low), number(high), k]
+                low, high, kind, k = intervals.get(id(row), (math.nan, math.nan, "", 0))
+                ci = [number(low), number(high), kind, k]
+            codes = [r.code for r in row.runs]
+            commits = ";".join(dict.fromkeys(c.commit for c in codes if c.commit))
             writer.writerow([*key, split, row.label, row.method, "" if row.b is None else f"{row.b:g}",
-                             len(row.runs), *(number(x) for pair in stats for x in pair), *ci])
+                             len(row.runs), *(number(x) for pair in stats for x in pair), commits,
+                             sum(c.dirty for c in codes), sum(c.commit is None for c in codes), *ci])
     return buf.getvalue()
 
 
@@ -149,7 +182,9 @@ def build_parser():
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="val: the metrics on the --val-fraction hold-out")
     p.add_argument("--ci", action="store_true",
-                   help="add a bootstrap interval of NFR from the runs' predictions.npz (test split)")
+                   help="add an interval of NFR: the t-interval of the mean over a row's seeds, or for a "
+                        "row of one run the bootstrap interval over the test samples from its "
+                        "predictions.npz (test split)")
     p.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples for --ci (default 10000)")
     p.add_argument("--confidence", type=float, default=0.95, help="interval level for --ci (default 0.95)")
     return p

@@ -34,14 +34,20 @@ CLASSES = ["cat", "dog", "car", "ship"]
 
 
 def write_run(folder, targets=TARGETS, old_pred=OLD_PRED, pred=PRED, role="update", method="MPT_KL",
-              num_old=2, classes=CLASSES, dataset="cifar10", old_fraction=None, npz=None):
+              num_old=2, classes=CLASSES, dataset="cifar10", old_fraction=None, npz=None, record=None,
+              code=None):
     """A run folder as main.py writes it: results.json (metrics from flip_metrics) and
-    predictions.npz; ``num_old=None`` / ``classes=None`` leave them out, ``npz`` adds arrays."""
+    predictions.npz; ``num_old=None`` / ``classes=None`` leave them out, ``npz`` adds arrays,
+    ``record`` is results.json's "method" record and ``code`` its "code" (both absent without)."""
     folder.mkdir(parents=True, exist_ok=True)
     config = {"method": method, "dataset": dataset, "old_ckpt": "old.pth", "seed": 0, "b": 4.0}
     if old_fraction is not None:
         config["old_fraction"] = old_fraction
     results = {"role": role, "checkpoint": str(folder / "checkpoint.pth"), "config": config}
+    if record is not None:
+        results["method"] = record
+    if code is not None:
+        results["code"] = code
     if role == "update":
         results.update(flip_metrics(targets, old_pred, pred, num_old or 2))
     if num_old is not None:
@@ -358,48 +364,110 @@ def test_holm_against_a_hand_worked_example():
     assert flips.holm([]) == []
 
 
-def test_welch_interval_is_scipys():
+def test_welch_t_df_interval_and_p_are_scipys():
     from scipy.stats import ttest_ind
 
     a, b = [6.1, 6.1, 7.3], [15.42, 17.62]
-    diff, (low, high), p = flips.welch(a, b, 0.9)
+    w = flips.welch(a, b, 0.9)
     expected = ttest_ind(a, b, equal_var=False)
-    assert diff == pytest.approx(np.mean(a) - np.mean(b))
-    assert (low, high) == pytest.approx(tuple(expected.confidence_interval(0.9)))
-    assert p == pytest.approx(expected.pvalue)
-    # no spread on either side: Welch has no degrees of freedom, so no interval
-    diff, interval, p = flips.welch([6.1, 6.1], [15.4, 15.4], 0.95)
-    assert diff == pytest.approx(-9.3) and all(map(math.isnan, interval)) and math.isnan(p)
+    assert w.diff == pytest.approx(np.mean(a) - np.mean(b))
+    assert w.ci == pytest.approx(tuple(expected.confidence_interval(0.9)))
+    assert (w.t, w.df, w.p) == pytest.approx((expected.statistic, expected.df, expected.pvalue))
+    # Welch-Satterthwaite by hand: v = s^2 / n per side, df = (va + vb)^2 / (va^2 / (na-1) + vb^2 / (nb-1))
+    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 2
+    assert w.df == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 1))
+    assert w.t == pytest.approx(w.diff / math.sqrt(va + vb))
+    # no spread on either side: Welch has no degrees of freedom, so no t, interval or p
+    w = flips.welch([6.1, 6.1], [15.4, 15.4], 0.95)
+    assert w.diff == pytest.approx(-9.3) and all(math.isnan(x) for x in (*w.ci, w.t, w.df, w.p))
 
 
-def test_method_hyperparameters_read_without_torch_equal_the_registry():
-    from methods import declared_defaults, method_names
-    from tools.run_labels import dataset_defaults, declared_hyperparameters, not_identity
-    from utils.cli import DATASET_DEFAULTS
-    from utils.settings import NOT_IDENTITY
+def test_t_interval_of_the_mean_is_scipys():
+    from scipy.stats import t
 
-    assert declared_hyperparameters() == {m: declared_defaults(m) for m in method_names()}
-    assert dataset_defaults() == DATASET_DEFAULTS and not_identity() == NOT_IDENTITY
+    values = [6.1, 7.3, 9.0, 5.5]
+    mean, sd = np.mean(values), np.std(values, ddof=1)
+    expected = t.interval(0.9, 3, loc=mean, scale=sd / 2)
+    assert flips.t_interval(values, 0.9) == pytest.approx(expected)
+    assert flips.t_interval([1.0, None, 3.0, math.nan], 0.95) == pytest.approx(
+        t.interval(0.95, 1, loc=2.0, scale=math.sqrt(2) / math.sqrt(2)))   # undefined values left out
+    assert all(map(math.isnan, flips.t_interval([4.0], 0.95)))             # one run: no interval
+    assert flips.t_interval([6.1, 6.1], 0.95) == (6.1, 6.1)                # no spread: the mean itself
 
 
-def test_labels_name_the_settings_that_differ():
+def test_no_tool_or_util_reads_code_with_ast():
+    """Labels come from what results.json records, not from parsing the source."""
+    import re
+
+    for folder in ("tools", "utils"):
+        for path in (REPO / folder).glob("*.py"):
+            assert not re.search(r"^\s*(import ast\b|from ast import)", path.read_text(), re.M), path
+
+
+def record(name, hyperparameters, defaults):
+    """results.json's "method" record as utils/cli.py writes it (label by methods.method_label)."""
+    from methods import method_label
+
+    return {"name": name, "hyperparameters": hyperparameters, "defaults": defaults,
+            "label": method_label(name, hyperparameters, defaults)}
+
+
+MPT_KL_DEFAULTS = {"b": 4.0, "alpha": 1.0, "beta": 5.0, "tau": 5.0}
+
+
+def test_labels_come_from_the_method_record():
     from tools.run_labels import labels
 
-    configs = [{"dataset": "cifar100", "b": 2.0, "tau": 5.0, "seed": 1, "arch": "resnet18"},
-               {"dataset": "cifar100", "b": 4.0, "tau": 2.0, "seed": 1, "arch": "resnet18"},
-               {"dataset": "imagenet", "b": 1.5, "seed": 7, "arch": "resnet50"},
-               {"dataset": "cifar100", "b": 4.0, "lm_weight": 0.1, "seed": 1, "arch": "resnet18"}]
-    names = labels(["MPT_KL", "MPT_KL", "PCT_KL", "PCT_KL"], configs)
+    def run(name, values, defaults, **config):
+        # main.py's config holds the method's own hyperparameters, no other method's
+        return {"config": {"method": name, **values, **config}, "method": record(name, values, defaults)}
+
+    pct_lm = {"alpha": 1.0, "beta": 5.0, "lm_weight": 0.4}
+    records = [
+        run("MPT_KL", dict(MPT_KL_DEFAULTS, b=2.0), MPT_KL_DEFAULTS, dataset="cifar100", seed=1, arch="resnet18"),
+        run("MPT_KL", dict(MPT_KL_DEFAULTS, tau=2.0), MPT_KL_DEFAULTS, dataset="cifar100", seed=1, arch="resnet18"),
+        # ImageNet's b is 1.5: the record's defaults say so, and b is shown as always
+        run("MPT_KL", dict(MPT_KL_DEFAULTS, b=1.5), dict(MPT_KL_DEFAULTS, b=1.5), dataset="imagenet", seed=7,
+            arch="resnet50"),
+        run("PCT_LM", dict(pct_lm, lm_weight=0.04), pct_lm, dataset="cifar100", seed=1, arch="resnet18"),
+    ]
+    names = labels(records)
     assert [n.label for n in names] == [
         "MPT_KL-b2-arch=resnet18-dataset=cifar100-seed1",
         "MPT_KL-b4-tau2-arch=resnet18-dataset=cifar100-seed1",   # tau off its default of 5
-        "PCT_KL-arch=resnet50-dataset=imagenet-seed7",           # PCT_KL takes no b
-        "PCT_KL-arch=resnet18-dataset=cifar100-seed1"]           # nor lm_weight
+        "MPT_KL-b1.5-arch=resnet50-dataset=imagenet-seed7",
+        # lm_weight is PCT_LM's own (in its method part), not a setting in which the runs differ
+        "PCT_LM-lm_weight0.04-arch=resnet18-dataset=cifar100-seed1"]
+    assert [n.group for n in names[:2]] == ["MPT_KL-b2-arch=resnet18-dataset=cifar100",
+                                            "MPT_KL-b4-tau2-arch=resnet18-dataset=cifar100"]
     assert [n.curve for n in names[:2]] == ["MPT_KL-arch=resnet18-dataset=cifar100",
                                             "MPT_KL-tau2-arch=resnet18-dataset=cifar100"]
     # the same run twice: still two labels
-    twice = labels(["No_Treatment"] * 2, [{"seed": 3}] * 2)
+    twice = labels([{"config": {"seed": 3}, "method": record("No_Treatment", {}, {})}] * 2)
     assert [n.label for n in twice] == ["No_Treatment-seed3", "No_Treatment-seed3#2"]
+
+
+def test_labels_of_records_older_than_the_method_record():
+    """Without results.json's "method": the config's method, b where the config has one and the
+    name says the method takes it, every other difference as a setting."""
+    from tools.run_labels import labels, run_method
+
+    common = {"dataset": "cifar10", "alpha": 1.0, "tau": 5.0, "lm_weight": 0.4, "b": 4.0}
+    records = [{"config": dict(common, method="MPT_KL", seed=1)},
+               {"config": dict(common, method="MPT_KL", b=2.0, seed=2)},
+               {"config": dict(common, method="MPT_KL_nobias", seed=1)},          # takes no b
+               {"config": dict(common, method="MPT_nodistillation", seed=1)},
+               {"config": dict(common, method="PCT_KL", seed=1)},                 # b given, not taken
+               {"config": dict(common, method="PCT_LM", lm_weight=0.04, seed=1)}]
+    assert [n.label for n in labels(records)] == [
+        "MPT_KL-b4-lm_weight=0.4-seed1", "MPT_KL-b2-lm_weight=0.4-seed2", "MPT_KL_nobias-lm_weight=0.4-seed1",
+        "MPT_nodistillation-b4-lm_weight=0.4-seed1", "PCT_KL-lm_weight=0.4-seed1", "PCT_LM-lm_weight=0.04-seed1"]
+    assert run_method(records[1]).b == 2.0 and run_method(records[2]).b is None
+    # old and new records together: the new record's own hyperparameters are in its method part
+    new = {"config": {"dataset": "cifar10", "method": "MPT_KL", "seed": 1, **MPT_KL_DEFAULTS},
+           "method": record("MPT_KL", MPT_KL_DEFAULTS, MPT_KL_DEFAULTS)}
+    old = {"config": dict(common, method="MPT_KL", tau=2.0, seed=1)}
+    assert [n.label for n in labels([new, old])] == ["MPT_KL-b4-seed1", "MPT_KL-b4-lm_weight=0.4-tau=2-seed1"]
 
 
 # 12 test samples, 6 classes, C_old = 3; the old model right on samples 0-7, wrong on 8.
@@ -455,10 +523,16 @@ def test_a_study_of_seven_runs(tmp_path):
     assert groups["MPT_KL-b2"]["per_class_nfr_sd"][0] == pytest.approx(np.std([100 / 3, 200 / 3, 100 / 3], ddof=1))
     # into new classes (3, 4, 5): b2 seed 3 sends 2 of its 3 flips there
     assert report["runs"][2]["flips_to_new_classes"] == pytest.approx(200 / 3)
-    # every pair of the 7 runs, each with its McNemar p adjusted by Holm over the 21
+    # every pair of the 7 runs: 3 + 1 + 1 of two seeds of one group, 16 of two groups, each
+    # McNemar p adjusted by Holm within its family
     assert len(report["pairs"]) == 21
-    p = [x["mcnemar_p"] for x in report["pairs"]]
-    assert [x["p_holm"] for x in report["pairs"]] == pytest.approx(flips.holm(p))
+    within = [x for x in report["pairs"] if x["same_group"]]
+    assert [(x["a"], x["b"]) for x in within] == [
+        ("MPT_KL-b2-seed1", "MPT_KL-b2-seed2"), ("MPT_KL-b2-seed1", "MPT_KL-b2-seed3"),
+        ("MPT_KL-b2-seed2", "MPT_KL-b2-seed3"), ("MPT_KL-b4-seed1", "MPT_KL-b4-seed2"),
+        ("No_Treatment-seed1", "No_Treatment-seed2")]
+    for family in (within, [x for x in report["pairs"] if not x["same_group"]]):
+        assert [x["p_holm"] for x in family] == pytest.approx(flips.holm([x["mcnemar_p"] for x in family]))
     # Welch between the groups of >= 2 runs: all three
     assert [(c["a"], c["b"]) for c in report["group_comparisons"]] == [
         ("MPT_KL-b2", "MPT_KL-b4"), ("MPT_KL-b2", "No_Treatment"), ("MPT_KL-b4", "No_Treatment")]
@@ -482,7 +556,10 @@ def test_baseline_pairs_only_with_it(tmp_path):
     assert [(p["a"], p["b"]) for p in report["pairs"]] == [
         (label, "No_Treatment-seed1") for label in ("MPT_KL-b2-seed1", "MPT_KL-b2-seed2", "MPT_KL-b2-seed3",
                                                     "MPT_KL-b4-seed1", "MPT_KL-b4-seed2", "No_Treatment-seed2")]
-    assert [x["p_holm"] for x in report["pairs"]] == pytest.approx(flips.holm([x["mcnemar_p"] for x in report["pairs"]]))
+    assert [x["same_group"] for x in report["pairs"]] == [False] * 5 + [True]
+    across = report["pairs"][:5]
+    assert [x["p_holm"] for x in across] == pytest.approx(flips.holm([x["mcnemar_p"] for x in across]))
+    assert report["pairs"][5]["p_holm"] == report["pairs"][5]["mcnemar_p"]   # a family of one
     assert [(c["a"], c["b"]) for c in report["group_comparisons"]] == [
         ("MPT_KL-b2", "No_Treatment"), ("MPT_KL-b4", "No_Treatment")]
     # the folder works as well as the label
@@ -599,3 +676,238 @@ def test_a_same_class_update_counts_every_sample_and_has_no_flips_into_new_class
     assert entry["n_old"] == len(TARGETS) and entry["nfr"] == pytest.approx(100 * negative / len(TARGETS))
     assert entry["flips_to_new_classes"] is None
     assert sum(count for _, _, count in entry["flip_to"]) == negative
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference at the right unit: seeds for methods, test samples for trained models
+# ---------------------------------------------------------------------------------------------
+def test_inference_over_seeds_and_over_samples_on_hand_made_runs(tmp_path):
+    """Each group's t-interval of the mean over its seeds, Welch's t and df between groups (both
+    scipy's), ER(Y_old)'s bootstrap interval per run, and the pairs marked same_group with Holm
+    inside each family."""
+    from scipy.stats import t, ttest_ind
+
+    runs = write_study(tmp_path / "runs")[:4]   # MPT_KL-b2 (3 seeds), MPT_KL-b4 (1 run)
+    report = flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "300",
+                         "--confidence", "0.9"])
+    entries = {e["label"]: e for e in report["runs"]}
+    groups = {g["label"]: g for g in report["groups"]}
+    b2 = groups["MPT_KL-b2"]
+    for key in ("nfr", "rel_nfr", "er_old", "er_all"):
+        values = [entries[r][key] for r in b2["runs"]]
+        expected = t.interval(0.9, 2, loc=np.mean(values), scale=np.std(values, ddof=1) / math.sqrt(3))
+        assert b2[f"{key}_mean_ci"] == pytest.approx(list(expected)), key
+    assert groups["MPT_KL-b4"]["nfr_mean_ci"] == [None, None]   # one run: no interval over seeds
+    # NFR of b2 by hand: 1, 2, 3 of the 9 old-class samples
+    assert b2["nfr_mean_ci"] == pytest.approx(list(t.interval(0.9, 2, loc=200 / 9, scale=100 / 9 / math.sqrt(3))))
+    # ER(Y_old): bootstrap over the old-class samples, the same resamples as the other rates
+    for e, run in zip(report["runs"], runs):
+        a = np.load(run / "predictions.npz")
+        wrong = (a["pred"] != a["targets"])[a["targets"] < 3]
+        assert e["er_old_ci"] == pytest.approx(list(bootstrap_interval(rate, wrong, resamples=300, confidence=0.9,
+                                                                       seed=0)))
+        assert e["er_old_ci"][0] <= e["er_old"] <= e["er_old_ci"][1]
+
+    # Welch between groups of >= 2 runs, against scipy
+    more = write_study(tmp_path / "more")
+    report = flips.main([*map(str, more), "--out", str(tmp_path / "out2"), "--resamples", "100"])
+    nfr = {e["label"]: e["nfr"] for e in report["runs"]}
+    groups = {g["label"]: g for g in report["groups"]}
+    assert len(report["group_comparisons"]) == 3
+    for c in report["group_comparisons"]:
+        a, b = ([nfr[r] for r in groups[g]["runs"]] for g in (c["a"], c["b"]))
+        expected = ttest_ind(a, b, equal_var=False)
+        assert (c["welch_t"], c["welch_df"], c["welch_p"]) == pytest.approx(
+            (expected.statistic, expected.df, expected.pvalue))
+        assert c["nfr_diff_ci"] == pytest.approx(list(expected.confidence_interval(0.95)))
+        assert (c["n_a"], c["n_b"]) == (len(a), len(b))
+    assert [c["p_holm"] for c in report["group_comparisons"]] == pytest.approx(
+        flips.holm([c["welch_p"] for c in report["group_comparisons"]]))
+    # the pairs: same_group exactly where both runs are of one group; Holm within each family
+    label_group = {e["label"]: e["group"] for e in report["runs"]}
+    for p in report["pairs"]:
+        assert p["same_group"] == (label_group[p["a"]] == label_group[p["b"]])
+    for family in (True, False):
+        members = [p for p in report["pairs"] if p["same_group"] is family]
+        assert members and [p["p_holm"] for p in members] == pytest.approx(
+            flips.holm([p["mcnemar_p"] for p in members]))
+    # flips.md: the comparisons over seeds (Welch t and df) before those over the test samples,
+    # each headed with what it can show
+    md = (tmp_path / "out2" / "flips.md").read_text()
+    seeds = md.index("### Comparisons of groups over seeds")
+    samples = md.index("### Pairs of runs over the test samples (whether two trained models differ, not "
+                       "whether two methods do")
+    assert md.index("### Groups") < seeds < samples
+    assert "| a | b | Runs a / b | NFR(a) - NFR(b) | Welch t | Welch df | Welch p | Holm p |" in md
+    c = report["group_comparisons"][0]
+    assert f"| {c['a']} | {c['b']} | 3 / 2 | " in md and f"| {c['welch_t']:.2f} | {c['welch_df']:.2f} |" in md
+    within, across = md.index("#### Two seeds of one group"), md.index("#### Runs of two groups")
+    assert samples < within < across
+    assert "Holm over these 5 pairs" in md and "Holm over these 16 pairs" in md
+    # the groups' cells: mean ± sd [t-interval]
+    b2 = groups["MPT_KL-b2"]
+    assert f"| MPT_KL-b2 | 3 | {b2['nfr_mean']:.2f} ± {b2['nfr_sd']:.2f} [{b2['nfr_mean_ci'][0]:.2f}, " in md
+
+
+def test_resamples_where_rel_nfr_is_undefined_are_counted(tmp_path):
+    """The updated model wrong on one old-class sample alone: every resample without it has
+    ER(Y_old) = 0 and no Rel-NFR; they are counted, left out of the interval and reported."""
+    from utils.metrics import bootstrap_rates
+
+    pred = [t if t < 2 else 0 for t in TARGETS]
+    pred[1] = 1                          # sample 1: the old model right (cat), the updated wrong
+    run = write_run(tmp_path / "r", pred=pred)
+    report = flips.main([str(run), "--out", str(tmp_path / "out"), "--resamples", "200"])
+    f = flip_indicators(TARGETS, OLD_PRED, pred, 2)
+    rates = bootstrap_rates(np.stack([f.negative, f.old_correct, f.new_correct], axis=1), 200, 0)
+    expected = int(np.sum((rates[:, 2] == 100) | (rates[:, 1] == 0)))
+    entry = report["runs"][0]
+    assert 0 < expected < 200 and entry["rel_nfr_undefined_resamples"] == expected
+    assert entry["rel_nfr_ci"] == pytest.approx(list(flip_intervals(f, resamples=200)["rel_nfr"]))
+    md = (tmp_path / "out" / "flips.md").read_text()
+    assert f"left out of its interval): MPT_KL-b4-seed0 {expected} of 200." in md
+    # a run whose Rel-NFR is defined in every resample says so
+    report = flips.main([str(write_run(tmp_path / "s")), "--out", str(tmp_path / "out2"), "--resamples", "50"])
+    assert report["runs"][0]["rel_nfr_undefined_resamples"] == 0
+    assert "left out of its interval): none." in (tmp_path / "out2" / "flips.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance, folders of predictions alone, figures
+# ---------------------------------------------------------------------------------------------
+A, B = "a" * 40, "b" * 40
+
+
+def test_runs_of_other_code_are_marked(tmp_path):
+    folders = [write_run(tmp_path / "r1", code={"commit": A, "dirty": False}),
+               write_run(tmp_path / "r2", method="PCT_KL", code={"commit": A, "dirty": True}),
+               write_run(tmp_path / "r3", method="No_Treatment", code={"commit": B, "dirty": False}),
+               write_run(tmp_path / "r4", method="PCT_LM")]   # no "code": an older record
+    report = flips.main([*map(str, folders), "--out", str(tmp_path / "out"), "--resamples", "20"])
+    assert [e["code"] for e in report["runs"]] == [{"commit": A, "dirty": False}, {"commit": A, "dirty": True},
+                                                   {"commit": B, "dirty": False}, None]
+    assert [g["commits"] for g in report["groups"]] == [[A], [A], [B], []]
+    md = (tmp_path / "out" / "flips.md").read_text()
+    runs_table = md[md.index("### Runs"):md.index("### Pairs")]
+    assert runs_table.splitlines()[2].endswith("| Flips into new classes (%) | Code |")
+    cells = [line.rsplit("|", 2)[1].strip() for line in runs_table.splitlines()[4:8]]
+    assert cells == ["a", "a*", "b", "?"]
+    assert (f"Code: a = commit {A[:12]}; b = commit {B[:12]}; * = from a working tree with changes to that "
+            "commit's tracked files (dirty); ? = code not recorded") in md
+    # runs of one commit, clean: no column, a line naming the commit
+    same = [write_run(tmp_path / f"s{i}", method=m, code={"commit": A, "dirty": False})
+            for i, m in enumerate(("MPT_KL", "PCT_KL"))]
+    flips.main([*map(str, same), "--out", str(tmp_path / "out2"), "--resamples", "20"])
+    md = (tmp_path / "out2" / "flips.md").read_text()
+    assert "| Code |" not in md and f"Code: every run made by commit {A[:12]}." in md
+
+
+def write_predictions_alone(folder, targets=TARGETS, old_pred=OLD_PRED, pred=PRED, num_old=2, logits=True):
+    """A folder with a predictions.npz alone, in the format of utils.outputs.save_predictions:
+    targets, old_pred, pred, num_old and, with logits, margin, old_margin, logits, old_logits."""
+    folder.mkdir(parents=True)
+    arrays = {"targets": np.asarray(targets, np.int64), "old_pred": np.asarray(old_pred, np.int64),
+              "pred": np.asarray(pred, np.int64), "num_old": np.int64(num_old)}
+    if logits:
+        n = len(targets)
+        z = np.zeros((n, 4), np.float32)
+        z[np.arange(n), pred] = 2.0
+        old_z = np.zeros((n, num_old), np.float32)
+        old_z[np.arange(n), np.minimum(old_pred, num_old - 1)] = 1.0
+        old_margin = np.full(n, np.nan, np.float32)
+        old = np.asarray(targets) < num_old
+        old_margin[old] = margins(old_z[old], np.asarray(targets)[old])
+        arrays.update(margin=margins(z, targets), old_margin=old_margin, logits=z.astype(np.float16),
+                      old_logits=old_z.astype(np.float16))
+    np.savez(folder / "predictions.npz", **arrays)
+    return folder
+
+
+def test_a_folder_of_predictions_alone(tmp_path):
+    elsewhere = write_predictions_alone(tmp_path / "model_from_elsewhere")
+    plain = write_predictions_alone(tmp_path / "other" / "plain", pred=[1, 1, 3, 1, 0, 0, 2, 2, 2, 0], logits=False)
+    run = write_run(tmp_path / "r")
+    report = flips.main([str(elsewhere), str(plain), str(run), "--out", str(tmp_path / "out"), "--resamples", "50"])
+    first, second, third = report["runs"]
+    # named by its folder, no seed, no method, a group of its own
+    assert (first["label"], first["group"], first["seed"], first["method"]) == (
+        "model_from_elsewhere", "model_from_elsewhere", None, None)
+    assert (second["label"], third["label"]) == ("plain", "MPT_KL-b4-seed0")
+    assert [g["label"] for g in report["groups"]] == ["model_from_elsewhere", "plain", "MPT_KL-b4"]
+    assert all(g["n"] == 1 for g in report["groups"]) and not report["group_comparisons"]
+    # C_old from the predictions' num_old, C from the logits; the same rates as the run's
+    assert first["num_old"] == 2 and first["nfr"] == third["nfr"] == pytest.approx(200 / 7)
+    assert first["margin"]["median"] == 2.0 and "margin" not in second
+    assert second["nfr"] == pytest.approx(400 / 7)
+    # compared over the test samples with the others; never a pair of one group
+    assert [(p["a"], p["b"], p["same_group"]) for p in report["pairs"]] == [
+        ("model_from_elsewhere", "plain", False), ("model_from_elsewhere", "MPT_KL-b4-seed0", False),
+        ("plain", "MPT_KL-b4-seed0", False)]
+    # the settings of the runs with results.json are not compared with an empty config
+    assert third["label"] == "MPT_KL-b4-seed0"
+    # two folders of one name stay apart
+    twin = write_predictions_alone(tmp_path / "again" / "model_from_elsewhere")
+    report = flips.main([str(elsewhere), str(twin), "--out", str(tmp_path / "out2"), "--resamples", "20"])
+    assert [e["label"] for e in report["runs"]] == ["model_from_elsewhere", "model_from_elsewhere#2"]
+    assert len(report["groups"]) == 2 and not report["pairs"][0]["same_group"]
+
+
+def test_a_folder_without_predictions_or_results_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    proc = call_flips(capsys, tmp_path / "empty", "--out", tmp_path / "out")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "results.json or predictions.npz" in proc.stderr
+
+
+def test_nfr_vs_b_draws_no_error_bar_for_one_run(tmp_path, monkeypatch):
+    from matplotlib.container import ErrorbarContainer
+
+    from tools import flip_figures
+
+    figures = []
+    real_save = flip_figures._save
+    monkeypatch.setattr(flip_figures, "_save", lambda fig, out: (figures.append((out.name, fig)), real_save(fig, out)))
+    runs = write_study(tmp_path / "runs")[:4]      # b = 2: 3 runs; b = 4: 1 run
+    flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "20"])
+    fig = dict(figures)["nfr_vs_b.png"]
+    nfr_ax = fig.axes[0]
+    bars = [c for c in nfr_ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 1
+    (segments,) = [lc.get_segments() for lc in bars[0].lines[2]]
+    assert len(segments) == 1 and segments[0][0][0] == 2.0   # one bar, at b = 2
+    (line,) = nfr_ax.get_lines()[:1]
+    assert list(line.get_xdata()) == [2.0, 4.0]               # both points drawn
+
+
+def test_flipped_samples_are_stratified_over_classes():
+    from tools.flip_figures import stratified_samples
+
+    targets = [0, 0, 0, 0, 1, 1, 2, 3]
+    flip_counts = [3, 2, 2, 1, 1, 0, 1, 0]
+    # round 1: each class with a flip gives its most flipped (0: sample 0, 1: sample 4, 2: sample 6);
+    # round 2: class 0 alone has more (samples 1 and 2 tie at 2 flips: the lower index first)
+    assert stratified_samples(targets, flip_counts, np.arange(8), count=4) == [0, 4, 6, 1]
+    assert stratified_samples(targets, flip_counts, np.arange(8)) == [0, 4, 6, 1, 2, 3]
+    assert stratified_samples(targets, [0] * 8, np.arange(8)) == []
+
+
+def test_images_of_a_folder_of_predictions_alone(tmp_path, capsys):
+    """The images are named by a run of the same test samples that records its data set; without
+    one, a warning and no images."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for i, t in enumerate(STUDY_TARGETS):
+        folder = root / "test" / "abcdef"[t]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(folder / f"{i:04d}.png")
+    alone = write_predictions_alone(tmp_path / "alone", targets=STUDY_TARGETS, old_pred=STUDY_OLD,
+                                    pred=[3] + STUDY_TARGETS[1:], num_old=3, logits=False)
+    run = write_study(tmp_path / "runs")[0]
+    proc = call_flips(capsys, alone, run, "--out", tmp_path / "out", "--resamples", "20", "--data-root", root)
+    assert proc.returncode == 0 and (tmp_path / "out" / "flipped_samples.png").is_file()
+    with open(tmp_path / "out" / "flips.csv") as f:
+        assert next(csv.DictReader(f))["path"] == "test/a/0000.png"
+    proc = call_flips(capsys, alone, "--out", tmp_path / "out2", "--resamples", "20", "--data-root", root)
+    assert proc.returncode == 0 and "records no data set" in proc.stderr
+    assert not (tmp_path / "out2" / "flipped_samples.png").exists()

@@ -71,3 +71,14 @@ def test_embeddings_need_a_2d_model(old_ckpt, capsys):
     with pytest.raises(SystemExit) as exc:
         plots.main(["embeddings", str(old_ckpt.parent / "run"), "--out", str(old_ckpt.parent / "f.png")])
     assert exc.value.code == 2 and "--embed-dim 2" in capsys.readouterr().err
+
+
+def test_panel_names_read_the_method_record():
+    record = {"name": "MPT_KL", "hyperparameters": {"b": 1.5, "tau": 5.0}, "defaults": {"b": 1.5, "tau": 5.0},
+              "label": "MPT_KL-b1.5"}
+    assert plots.panel_name("update", {"method": record}, {"method": "MPT_KL", "b": 9.0}, "f") == "MPT_KL (b=1.5)"
+    assert plots.panel_name("old", {}, {}, "f") == "Old model"
+    # older records: the config's method, b where the method uses it
+    assert plots.panel_name("update", {}, {"method": "MPT_KL", "b": 2.0}, "f") == "MPT_KL (b=2)"
+    assert plots.panel_name("update", {}, {"method": "PCT_KL", "b": 2.0}, "f") == "PCT_KL"
+    assert plots.panel_name("update", {}, {}, "folder") == "folder"

@@ -1,7 +1,9 @@
 """python -m tools.tables on hand-written results.json files."""
 import csv
 import io
+import json
 
+import numpy as np
 import pytest
 
 from tools import tables
@@ -150,8 +152,6 @@ def test_labels_come_from_each_methods_own_hyperparameters(tmp_path, fake_run):
 def write_predictions(folder, seed):
     """A predictions.npz of 200 cifar10 test samples (C_old = 5: 0.5 x 10 classes); returns
     the NFR bootstrap interval that --ci must find for it."""
-    import numpy as np
-
     from utils.metrics import bootstrap_interval, flip_indicators, rate
 
     rng = np.random.default_rng(seed)
@@ -163,28 +163,39 @@ def write_predictions(folder, seed):
     return rate(negative), bootstrap_interval(rate, negative, resamples=300, seed=0)
 
 
-def test_ci_adds_the_nfr_interval_of_runs_with_predictions(tmp_path, fake_run, capsys):
-    """Rows with predictions get the mean of their runs' interval bounds, "(k of n runs)" when
-    some runs lack predictions, "–" without any; without --ci the tables stay as they were."""
-    kl = [fake_run(tmp_path / f"kl{s}", method="MPT_KL", seed=s, nfr=1.0) for s in (1, 2)]
-    nt = [fake_run(tmp_path / f"nt{s}", method="No_Treatment", seed=s, nfr=1.0) for s in (1, 2)]
+def test_ci_is_the_t_interval_over_seeds_for_a_group_and_the_bootstrap_for_one_run(tmp_path, fake_run, capsys):
+    """A row of several runs gets the t-interval of its mean NFR over them (scipy's t.interval,
+    from results.json, no predictions needed); a row of one run the bootstrap interval over the
+    test samples from its predictions.npz, "–" without; each labelled as what it is."""
+    from scipy.stats import t
+
+    for s, nfr in ((1, 1.0), (2, 3.0), (3, 2.5)):
+        fake_run(tmp_path / f"kl{s}", method="MPT_KL", seed=s, nfr=nfr)
+    nt = [fake_run(tmp_path / f"nt{s}", method="No_Treatment", seed=s, nfr=nfr) for s, nfr in ((1, 4.0), (2, 4.0))]
+    write_predictions(nt[0], 3)   # not used: the row has two runs
+    one = fake_run(tmp_path / "pct", method="PCT_KL", nfr=1.0)
+    nfr_pct, ci_pct = write_predictions(one, 1)
     fake_run(tmp_path / "lm", method="MPT_LM", nfr=1.0)
-    (nfr1, ci1), (_, ci2), (_, ci_nt) = (write_predictions(kl[0], 1), write_predictions(kl[1], 2),
-                                            write_predictions(nt[0], 3))
-    assert ci1[0] < nfr1 < ci1[1] and ci1 != ci2
     tables.main([str(tmp_path), "--print"])
     assert "CI" not in capsys.readouterr().out
     tables.main([str(tmp_path), "--ci", "--resamples", "300"])
     md = capsys.readouterr().out
     assert "| Method | Runs | ER(Y_old) | ER(Y_all) | NFR | Rel-NFR | NFR 95% CI |" in md
-    low, high = (ci1[0] + ci2[0]) / 2, (ci1[1] + ci2[1]) / 2
-    assert f"| MPT_KL | 2 | – | – | 1.00 ± 0.00 | – | [{low:.2f}, {high:.2f}] |" in md
-    assert f"| No_Treatment | 2 | – | – | 1.00 ± 0.00 | – | [{ci_nt[0]:.2f}, {ci_nt[1]:.2f}] (1 of 2 runs) |" in md
+    values = [1.0, 3.0, 2.5]
+    low, high = t.interval(0.95, 2, loc=np.mean(values), scale=np.std(values, ddof=1) / np.sqrt(3))
+    assert f"| MPT_KL | 3 | – | – | 2.17 ± 1.04 | – | [{low:.2f}, {high:.2f}] (t, 3 seeds) |" in md
+    # no spread between the seeds: the interval is the mean itself, and says why
+    assert "| No_Treatment | 2 | – | – | 4.00 ± 0.00 | – | [4.00, 4.00] (t, 2 seeds, no spread) |" in md
+    assert f"| PCT_KL | 1 | – | – | 1.00 | – | [{ci_pct[0]:.2f}, {ci_pct[1]:.2f}] (bootstrap) |" in md
     assert "| MPT_LM | 1 | – | – | 1.00 | – | – |" in md
     tables.main([str(tmp_path), "--ci", "--resamples", "300", "--out", str(tmp_path / "out")])
     lines = list(csv.DictReader(io.StringIO((tmp_path / "out" / "tables.csv").read_text())))
     row = next(r for r in lines if r["row"] == "MPT_KL")
-    assert float(row["nfr_ci_low"]) == pytest.approx(low, rel=1e-5) and row["nfr_ci_runs"] == "2"
+    assert (float(row["nfr_ci_low"]), float(row["nfr_ci_high"])) == pytest.approx((low, high), rel=1e-5)
+    assert (row["nfr_ci_kind"], row["nfr_ci_runs"]) == ("t", "3")
+    row = next(r for r in lines if r["row"] == "PCT_KL")
+    assert float(row["nfr_ci_low"]) == pytest.approx(ci_pct[0], rel=1e-5)
+    assert (row["nfr_ci_kind"], row["nfr_ci_runs"]) == ("bootstrap", "1")
     assert next(r for r in lines if r["row"] == "MPT_LM")["nfr_ci_low"] == ""
     with pytest.raises(SystemExit) as exc:
         tables.main([str(tmp_path), "--ci", "--split", "val"])
@@ -223,3 +234,68 @@ def test_same_class_and_data_growth_updates_get_tables_of_their_own(tmp_path, fa
         ("Old model", [45.0]), ("New model", [33.0]), ("PCT_KL", [5.0])]
     text = tables.csv_text(group(find_runs([root])))
     assert "old_fraction,old_data_fraction" in text.splitlines()[0]
+
+
+def with_record(folder, name, hyperparameters, defaults):
+    """Add results.json's "method" record (utils/cli.py method_record) to a fake run."""
+    from methods import method_label
+
+    results = json.loads((folder / "results.json").read_text())
+    results["method"] = {"name": name, "hyperparameters": hyperparameters, "defaults": defaults,
+                         "label": method_label(name, hyperparameters, defaults)}
+    results["config"].update(hyperparameters)
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+KL = {"b": 4.0, "alpha": 1.0, "beta": 5.0, "tau": 5.0}
+
+
+def test_rows_read_the_method_record(tmp_path, fake_run):
+    """b is shown where it is not the default the record gives for the run's data set, and the
+    row's settings are the hyperparameters the record says differ from their defaults, whatever
+    the registry says today."""
+    imagenet = dict(KL, b=1.5)
+    with_record(fake_run(tmp_path / "a", dataset="imagenet", nfr=1.0), "MPT_KL", dict(KL, b=1.5), imagenet)
+    with_record(fake_run(tmp_path / "b", dataset="imagenet", nfr=2.0), "MPT_KL", dict(KL, b=4.0), imagenet)
+    with_record(fake_run(tmp_path / "c", dataset="imagenet", nfr=3.0), "MPT_KL", dict(KL, b=1.5, tau=2.0),
+                imagenet)
+    # a default that has changed since the run: the record's own is what the run was off
+    with_record(fake_run(tmp_path / "d", dataset="cifar100", nfr=4.0), "MPT_KL", dict(KL, beta=5.0),
+                dict(KL, beta=3.0))
+    # a method this version does not know: its record still names its settings
+    with_record(fake_run(tmp_path / "e", dataset="cifar100", method="Gone", nfr=5.0), "Gone", {"w": 2.0}, {"w": 1.0})
+    labels = {k.dataset: [r.label for r in rows] for k, rows in group(find_runs([tmp_path])).items()}
+    assert labels == {"cifar100": ["MPT_KL (beta=5)", "Gone (w=2)"],
+                      "imagenet": ["MPT_KL", "MPT_KL (b=4)", "MPT_KL (tau=2)"]}
+
+
+def test_code_that_made_the_runs_is_shown(tmp_path, fake_run, capsys):
+    a, b = "a" * 40, "b" * 40
+    fake_run(tmp_path / "nt1", method="No_Treatment", seed=1, nfr=1.0, code={"commit": a, "dirty": False})
+    fake_run(tmp_path / "nt2", method="No_Treatment", seed=2, nfr=2.0, code={"commit": b, "dirty": False})
+    fake_run(tmp_path / "kl", method="MPT_KL", nfr=3.0, code={"commit": a, "dirty": True})
+    fake_run(tmp_path / "pct", method="PCT_KL", nfr=4.0, code=None)      # not a git checkout
+    fake_run(tmp_path / "lm", method="MPT_LM", nfr=5.0)                  # an older record
+    tables.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "tables.md").read_text()
+    assert "| Method | Runs | ER(Y_old) | ER(Y_all) | NFR | Rel-NFR | Code |" in md
+    assert "| No_Treatment | 2 | – | – | 1.50 ± 0.71 | – | a, b |" in md
+    assert "| PCT_KL | 1 | – | – | 4.00 | – | ? |" in md
+    assert "| MPT_KL | 1 | – | – | 3.00 | – | a* |" in md
+    assert "| MPT_LM | 1 | – | – | 5.00 | – | ? |" in md
+    assert (f"Code: a = commit {a[:12]}; b = commit {b[:12]}; * = from a working tree with changes to that "
+            "commit's tracked files (dirty); ? = code not recorded") in md
+    lines = {r["row"]: r for r in csv.DictReader(io.StringIO((tmp_path / "out" / "tables.csv").read_text()))}
+    assert (lines["No_Treatment"]["commits"], lines["No_Treatment"]["dirty_runs"]) == (f"{a};{b}", "0")
+    assert (lines["MPT_KL"]["commits"], lines["MPT_KL"]["dirty_runs"], lines["MPT_KL"]["unknown_code_runs"]) == (
+        a, "1", "0")
+    assert (lines["PCT_KL"]["commits"], lines["PCT_KL"]["unknown_code_runs"]) == ("", "1")
+    # one commit, clean: no column, the commit named under the table (plain text too)
+    for folder in ("nt2", "kl", "pct", "lm"):
+        results = json.loads((tmp_path / folder / "results.json").read_text())
+        results["code"] = {"commit": a, "dirty": False}
+        (tmp_path / folder / "results.json").write_text(json.dumps(results))
+    tables.main([str(tmp_path), "--print"])
+    out = capsys.readouterr().out
+    assert "Code" not in out.splitlines()[1] and f"Code: every run made by commit {a[:12]}." in out

@@ -75,7 +75,7 @@ for seed in "${seeds[@]}"; do
   for b in 1 2; do update MPT_KL "$seed" --b "$b"; done
 done
 
-$PY -m tools.tables "$OUT/old" "$OUT/new" "$OUT/update" --out "$OUT"
+$PY -m tools.tables "$OUT/old" "$OUT/new" "$OUT/update" --ci --out "$OUT"
 $PY -m tools.flips "$OUT"/update/* --out "$OUT/flips" --baseline "$OUT/update/No_Treatment-seed42"
 $PY -m tools.plots b-sweep "$OUT/update" --out "$OUT/b_sweep.png"
 exit $failed

@@ -64,6 +64,6 @@ for seed in "${seeds[@]}"; do
   update PCT_LM "$seed" --method PCT_LM --lm-weight 0.04
   update MPT_KL_nobias "$seed" --method MPT_KL_nobias
 done
-$PY -m tools.tables "$OUT/old" "$OUT/new" "$OUT/update" --out "$OUT"
+$PY -m tools.tables "$OUT/old" "$OUT/new" "$OUT/update" --ci --out "$OUT"
 $PY -m tools.flips "$OUT"/update/* --out "$OUT/flips" --baseline "$OUT/update/No_Treatment-seed42"
 exit $failed

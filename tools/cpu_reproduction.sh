@@ -56,24 +56,30 @@ update() {  # METHOD SEED [main.py flags]: OUT/update/METHOD[-bB]-seedS
 LM=(--lm-weight 0.04)
 WARMUP=(--elodi-warmup 1)
 
-for i in 0 1 2 3 4 5 6 7; do
-  train "$OUT/ensemble/runs/ckpt_$i" train_new_model.py --seed "$i" --save "$OUT/ensemble/ckpt_$i.pth"
-done
-# Seed by seed, so that an interrupted study has every method at its first seeds.
-for seed in "${seeds[@]}"; do
+# Every method without the ensemble at the first seed first, then the ensemble and ELODI, then
+# the other seeds: an interrupted study has the most methods.
+no_ensemble() {  # SEED
+  local seed=$1
   update No_Treatment "$seed"
   update PCT_Naive "$seed"
   update PCT_KL "$seed"
   update PCT_LM "$seed" "${LM[@]}"
-  update ELODI "$seed" "${WARMUP[@]}"
-  update ELODI_topk "$seed" "${WARMUP[@]}"
   update MPT_KL "$seed"
   update MPT_LM "$seed" "${LM[@]}"
   update MPT_nodistillation "$seed"
   update MPT_KL_nobias "$seed"
   update MPT_LM_nobias "$seed" "${LM[@]}"
   for b in 1 2; do update MPT_KL "$seed" --b "$b"; done
+}
+no_ensemble "${seeds[0]}"
+for i in 0 1 2 3 4 5 6 7; do
+  train "$OUT/ensemble/runs/ckpt_$i" train_new_model.py --seed "$i" --save "$OUT/ensemble/ckpt_$i.pth"
 done
+for seed in "${seeds[@]}"; do
+  update ELODI "$seed" "${WARMUP[@]}"
+  update ELODI_topk "$seed" "${WARMUP[@]}"
+done
+for seed in "${seeds[@]:1}"; do no_ensemble "$seed"; done
 
 $PY -m tools.tables "$OUT/old" "$OUT/new" "$OUT/update" --ci --out "$OUT"
 $PY -m tools.flips "$OUT"/update/* --out "$OUT/flips" --baseline "$OUT/update/No_Treatment-seed42"

@@ -12,6 +12,7 @@ from utils.cli import (
     validate,
 )
 from utils.errors import UserError, exit_on_user_error
+from utils.external import External
 from utils.runner import Mitigation, run
 
 
@@ -39,8 +40,11 @@ def main(argv=None):
     b = getattr(args, "b", None)  # only the methods that take b have it
     name = f"{args.dataset}-{args.arch}-{args.method}{'' if b is None else f'-b{b:g}'}-seed{args.seed}"
     args.output_dir = args.output_dir or str(default_output_dir("update", args, name))
+    # Reference models from outside: plain state_dicts, their head rows named by --*-classes.
+    external = {role: External(getattr(args, f"{role}_arch"), getattr(args, f"{role}_classes"))
+                for role in ("old", "new") if getattr(args, f"{role}_arch")}
     return run(args, "update", Mitigation(loss_fn, args.old_ckpt, args.new_ckpt, ensemble, args.save_logits,
-                                          ignored_flags, method_record(args)))
+                                          ignored_flags, method_record(args), external))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ def build_parser():
     p.set_defaults(save="checkpoint/ckpt_old.pth")
     p.add_argument("--old-data-fraction", type=float, default=1.0, metavar="F",
                    help="train on F of every old class's training images (a data-growth update: the new "
-                        "models train on all), chosen per class with --split-seed and recorded")
+                        "models train on all), chosen per class with --split-seed and recorded: a class of n "
+                        "images keeps n - round((1 - F) * n) of them, and a fraction that keeps none of some "
+                        "class is refused")
     return p
 
 

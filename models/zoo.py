@@ -5,6 +5,13 @@
 - ``resnet18_cifar``: the same network with the usual CIFAR stem (3x3 stride-1 conv, no max-pool).
 - ``vit_b_32``: torchvision's ViT-B/32 (Table 4 trains only its classifier, ``--freeze-backbone``);
   its input size is a constructor argument (``image_size``, a multiple of the 32-pixel patch).
+- ``torchvision:NAME``: any torchvision classification model (``torchvision.models.get_model``),
+  its last linear layer (the classifier) taken off as the backbone's output; its pretrained
+  weights are the model's ``DEFAULT`` ones.
+
+Every model keeps the path of the linear classifier in torchvision's own model
+(``torchvision_head``: ``fc``, ``heads.head``, ``classifier.1`` ...), so that a plain
+torchvision ``state_dict`` trained elsewhere maps onto it (``from_torchvision_state_dict``).
 
 ``embed_dim`` inserts a linear bottleneck of that size before the classifier (the paper's
 128-d ImageNet embedding, or a 2-d space for Figure 3); the model then exposes ``features(x)``.
@@ -12,15 +19,25 @@
 had (no network and no cached copy) that is an error (``WeightsUnavailable``, which the caller
 words for its user, or answers with a random backbone where its user allows one).
 """
+from __future__ import annotations
+
 from torch import nn
 from torchvision import models as tvm
 
 PRETRAINED = "IMAGENET1K_V1"  # the one ImageNet-1k weight set every architecture here has
 VIT_PATCH = 32
+TORCHVISION = "torchvision:"  # --arch torchvision:NAME
+# Constructor arguments of some torchvision models: the auxiliary classifiers of GoogLeNet and
+# Inception v3 are left out (their forward then returns the logits alone, in training too).
+NO_AUX = {"googlenet", "inception_v3"}
 
 
 class WeightsUnavailable(RuntimeError):
     """torchvision's pretrained weights could not be loaded; the message says which and why."""
+
+
+class ArchitectureError(ValueError):
+    """An architecture that cannot be built with these settings; the message says why."""
 
 
 class Classifier(nn.Module):
@@ -29,9 +46,11 @@ class Classifier(nn.Module):
     ``features`` returns what the head sees, so embeddings can be plotted or cached."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, embed_dim: int | None,
-                 weights: str | None = None):
+                 weights: str | None = None, torchvision_head: str = "fc"):
         super().__init__()
         self.weights = weights  # the pretrained weights the backbone started from, or None
+        # The classifier's path in the torchvision model the backbone is (from_torchvision_state_dict).
+        self.torchvision_head = torchvision_head
         self.backbone = backbone
         self.embed = nn.Linear(feature_dim, embed_dim) if embed_dim else nn.Identity()
         self.fc = nn.Linear(embed_dim or feature_dim, num_classes)
@@ -85,7 +104,7 @@ def _vit_b_32(num_classes: int, embed_dim: int | None = None, image_size: int | 
     net = tvm.vit_b_32(image_size=image_size or 224)
     weights = load_pretrained(net, "vit_b_32") if pretrained else None
     net.heads = nn.Identity()  # the backbone returns the class token's representation
-    return Classifier(net, net.hidden_dim, num_classes, embed_dim, weights)
+    return Classifier(net, net.hidden_dim, num_classes, embed_dim, weights, torchvision_head="heads.head")
 
 
 ARCHS = {
@@ -96,9 +115,110 @@ ARCHS = {
 }
 
 
+def torchvision_models() -> list[str]:
+    """The names of torchvision's classification models (``--arch torchvision:NAME``)."""
+    return tvm.list_models(module=tvm)
+
+
+def arch_problem(arch: str) -> str | None:
+    """Why ``arch`` names no architecture here (one line, with the choices), or None."""
+    if arch in ARCHS:
+        return None
+    if not arch.startswith(TORCHVISION):
+        return (f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}, or "
+                f"{TORCHVISION}NAME for any torchvision classification model (e.g. {TORCHVISION}resnet18)")
+    name = arch[len(TORCHVISION):]
+    if name not in torchvision_models():
+        close = [m for m in torchvision_models() if m.startswith(name[:4])] or torchvision_models()[:8]
+        return (f"torchvision has no classification model {name!r} (--arch {arch}); "
+                f"e.g. {', '.join(TORCHVISION + m for m in close[:8])}")
+    if name.startswith("squeezenet"):
+        return (f"--arch {arch}: SqueezeNet classifies with a convolution, not a linear layer, so its "
+                "classifier cannot be replaced by a head of this run's classes; choose another model")
+    return None
+
+
+def vit_patch(arch: str) -> int | None:
+    """The patch size of a ViT architecture (its input size must be a multiple), else None."""
+    name = arch[len(TORCHVISION):] if arch.startswith(TORCHVISION) else arch
+    if name.startswith("vit_"):
+        return int(name.rsplit("_", 1)[1])
+    return None
+
+
+def pretrained_weights(arch: str):
+    """The torchvision weights that ``--pretrained`` loads for ``arch``."""
+    if arch.startswith(TORCHVISION):
+        return tvm.get_model_weights(arch[len(TORCHVISION):]).DEFAULT
+    return tvm.get_model_weights(arch)[PRETRAINED]
+
+
+def fetch_command(arch: str) -> str:
+    """A command that downloads the pretrained weights of ``arch`` into torch's cache."""
+    name = arch[len(TORCHVISION):] if arch.startswith(TORCHVISION) else arch
+    return (f"python -c \"import torchvision; torchvision.models.get_model_weights('{name}')"
+            f".{pretrained_weights(arch).name}.get_state_dict()\"")
+
+
+def last_linear(net: nn.Module, outputs: int) -> str | None:
+    """The path of the last linear layer of ``net`` with ``outputs`` outputs: a torchvision
+    classifier's (fc, classifier.1, heads.head ...)."""
+    found = [name for name, m in net.named_modules() if isinstance(m, nn.Linear) and m.out_features == outputs]
+    return found[-1] if found else None
+
+
+def _torchvision(name: str, num_classes: int, embed_dim: int | None = None, image_size: int | None = None,
+                 pretrained: bool = False):
+    """torchvision's ``name`` (``get_model``), its classifier replaced by the run's head."""
+    kwargs = {}
+    weights = tvm.get_model_weights(name).DEFAULT if pretrained else None
+    if name in NO_AUX:
+        kwargs["aux_logits"] = False
+        if weights is None:
+            kwargs["init_weights"] = True  # torchvision's own initialisation, without its warning
+    if vit_patch(name) and image_size:
+        kwargs["image_size"] = image_size
+    try:
+        net = tvm.get_model(name, weights=weights, progress=False, **kwargs)
+    except ValueError as err:  # a constructor argument that the weights do not allow
+        raise ArchitectureError(f"torchvision cannot build {name} with these settings: {err}") from None
+    except (OSError, RuntimeError) as err:  # the weights cannot be had (offline, corrupt download)
+        if weights is None:
+            raise
+        raise WeightsUnavailable(f"cannot load the pretrained {TORCHVISION}{name} weights {weights} "
+                                 f"({type(err).__name__}: {err})") from None
+    outputs = len(weights.meta["categories"]) if weights is not None else 1000
+    head = last_linear(net, outputs)
+    if head is None:
+        raise ArchitectureError(f"{TORCHVISION}{name} has no linear classifier to replace; choose another model")
+    feature_dim = net.get_submodule(head).in_features
+    net.set_submodule(head, nn.Identity())
+    return Classifier(net, feature_dim, num_classes, embed_dim, None if weights is None else str(weights),
+                      torchvision_head=head)
+
+
 def build_model(arch: str, num_classes: int, embed_dim: int | None = None, *,
                 image_size: int | None = None, pretrained: bool = False) -> nn.Module:
-    """``image_size`` matters to the ViT only (the ResNets take any input size)."""
-    if arch not in ARCHS:
-        raise KeyError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
+    """``image_size`` matters to the ViTs only (the others take any input size)."""
+    problem = arch_problem(arch)
+    if problem:
+        raise KeyError(problem)
+    if arch.startswith(TORCHVISION):
+        return _torchvision(arch[len(TORCHVISION):], num_classes, embed_dim, image_size, pretrained)
     return ARCHS[arch](num_classes, embed_dim, image_size, pretrained)
+
+
+def from_torchvision_state_dict(model: Classifier, state: dict) -> dict:
+    """The ``state_dict`` of a plain torchvision model (its own keys: ``fc.weight``,
+    ``layer1.0.conv1.weight`` ...) as the keys of ``model`` (the same architecture wrapped as a
+    ``Classifier``: ``backbone.layer1.0.conv1.weight``, its classifier ``fc.weight``); the
+    weights of auxiliary classifiers (GoogLeNet's, Inception's), which ``model`` has not, are
+    left out."""
+    head = model.torchvision_head + "."
+    mapped = {}
+    for key, value in state.items():
+        if key.startswith(head):
+            mapped["fc." + key[len(head):]] = value
+        elif not key.startswith(("AuxLogits.", "aux1.", "aux2.")):
+            mapped["backbone." + key] = value
+    return mapped

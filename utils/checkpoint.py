@@ -7,6 +7,7 @@ set, class split, epoch and the metrics at save time.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import pickle
 import secrets
@@ -59,24 +60,49 @@ def atomic_save(obj, path: str | os.PathLike):
 
 def model_checkpoint(model, *, arch, num_classes, embed_dim, dataset, num_old, role, epoch,
                      metrics, config, inputs: dict | None = None, split: dict | None = None,
-                     weights: str | None = None, old_data: dict | None = None, made_by: dict | None = None) -> dict:
+                     weights: str | None = None, old_data: dict | None = None, made_by: dict | None = None,
+                     classes: list | None = None) -> dict:
     """``inputs``: ``utils.data.input_spec`` of the run (image size and normalisation);
     ``split``: the validation split the model was trained without (``utils.data.validation_split``;
     None: trained on the whole training set); ``weights``: the pretrained weights it started from;
     ``old_data``: an old model's share of the training images (``utils.data.old_data_subset``);
-    ``made_by``: the code and command that made it ({"code": ..., "command": [...]})."""
+    ``made_by``: the code and command that made it ({"code": ..., "command": [...]}); ``classes``:
+    the names of its head's classes, in row order."""
     return {"format": FORMAT, "model": unwrap(model).state_dict(), "arch": arch,
             "num_classes": num_classes, "embed_dim": embed_dim, "inputs": inputs, "dataset": dataset,
             "num_old_classes": num_old, "role": role, "epoch": epoch, "metrics": metrics,
             "config": config, "split": split, "weights": weights,
-            "old_data": old_data, **(made_by or {})}
+            "old_data": old_data, "classes": classes, **(made_by or {})}
 
 
 def old_model_setting(ckpt: dict) -> dict:
     """What an old model's checkpoint says about the kind of update it starts: its architecture
-    and its share of the training images (1.0 for checkpoints written before --old-data-fraction)."""
+    and its share of the training images (1.0 for checkpoints written before --old-data-fraction).
+    Which images (split seed, hash of the indices) is in results.json's references
+    (``reference_record``)."""
     old_data = ckpt.get("old_data") or {"old_data_fraction": 1.0}
     return {"old_arch": ckpt["arch"], "old_data_fraction": old_data["old_data_fraction"]}
+
+
+def file_digest(path) -> str:
+    """SHA-256 (16 hex digits) of a file: which reference model a run used."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def reference_record(path, ckpt: dict) -> dict:
+    """Where a reference model of this repository came from, for results.json: its file (path and
+    hash), architecture, the validation split it was trained without, an old model's share of the
+    images, and the code and command that made it."""
+    record = {"source": "checkpoint", "path": str(path), "sha256": file_digest(path), "arch": ckpt["arch"],
+              "role": ckpt.get("role")}
+    if ckpt.get("role") == "old":
+        record["old_data"] = ckpt.get("old_data") or {"old_data_fraction": 1.0}
+    return {**record, "split": ckpt.get("split") or {"val_fraction": 0.0}, "weights": ckpt.get("weights"),
+            "code": ckpt.get("code"), "command": ckpt.get("command")}
 
 
 def unwrap(model):
@@ -98,16 +124,20 @@ def read_checkpoint(path: str | os.PathLike, role: str = "old") -> dict:
         raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
                         f"it may be truncated: re-create it with {make}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        plain = (f", or, for a plain state_dict of a model trained elsewhere, give --{role}-arch ARCH and "
+                 f"--{role}-classes FILE (main.py)" if role in ("old", "new") else "")
         raise UserError(f"{path} is not a checkpoint of this repository (no '{FORMAT}' header); "
-                        f"create it with {make}")
+                        f"create it with {make}{plain}")
     return ckpt
 
 
 def load_model(path, role: str, *, num_classes: int, dataset: str, num_old: int | None = None,
-               inputs: dict | None = None):
+               inputs: dict | None = None, classes: list | None = None):
     """Rebuild a reference model from its checkpoint alone and check that it fits ``role``:
     ``num_classes`` is the head size the role needs (C_old for the old model, C otherwise);
-    ``inputs`` is what this run feeds it (checked against checkpoints that record theirs)."""
+    ``inputs`` is what this run feeds it (checked against checkpoints that record theirs);
+    ``classes``: the run's class names, in order, which the head's rows of a model of image
+    folders (``--dataset folder``, whose order ``--classes`` sets) must follow."""
     ckpt = read_checkpoint(path, role)
     saved_inputs = ckpt.get("inputs") or {}
     if inputs is not None and saved_inputs and saved_inputs != inputs:
@@ -123,6 +153,12 @@ def load_model(path, role: str, *, num_classes: int, dataset: str, num_old: int 
     if ckpt["num_classes"] != num_classes:
         raise UserError(f"{path} has a {ckpt['num_classes']}-class head but the {role} model needs "
                         f"{num_classes} classes; is it the right file for this role?")
+    theirs = ckpt.get("classes")
+    if dataset == "folder" and theirs and classes is not None and list(theirs) != list(classes[:len(theirs)]):
+        differ = next(i for i, (a, b) in enumerate(zip(theirs, classes)) if a != b)
+        raise UserError(f"{path} was trained on other classes, or in another order: its class {differ} is "
+                        f"{theirs[differ]!r}, this run's is {classes[differ]!r}; give the --classes FILE it was "
+                        "trained with (the old classes first, in the same order)")
     try:
         model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt.get("embed_dim"),
                             image_size=saved_inputs.get("image_size"))

@@ -22,7 +22,7 @@ from methods import (
     option,
 )
 from models import ARCHS
-from models.zoo import VIT_PATCH
+from models.zoo import TORCHVISION, arch_problem, vit_patch
 from utils.data import DATASETS
 from utils.device import PRECISIONS
 from utils.errors import UserError, warn
@@ -32,11 +32,25 @@ from utils.settings import flag, run_settings
 # nor --config sets the flag (a method's hyperparameters have their own: Method.dataset_defaults).
 # ImageNet: the standard ResNet recipe (SGD lr 0.1, momentum 0.9, weight decay 1e-4, x0.1 every
 # 30 epochs, 90 epochs, batch 128) with the paper's 128-d embedding.
+# A user's image folders (--dataset folder): the general recipe below (SGD lr 0.1, momentum 0.9,
+# weight decay 5e-4, cosine over 100 epochs, batch 128, no embedding) at 224 pixels; none of
+# ImageNet's (FOLDER_RECIPE: the text of --help; docs/own-model.md).
 DATASET_DEFAULTS = {
     "imagenet": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_schedule": "step",
                  "epochs": 90, "batch_size": 128, "embed_dim": 128, "image_size": 224},
+    "folder": {"image_size": 224},
 }
 ARCH_DEFAULTS = {"vit_b_32": {"image_size": 224}}
+FOLDER_RECIPE = ("folder: a user's images, DIR/train/<class>/ and DIR/val/<class>/ (or test/), any format "
+                 "torchvision reads, classes in --classes order; its recipe: --image-size 224, random "
+                 "resized crop and horizontal flip for training, resize to 256/224 of the size and centre "
+                 "crop for scoring, ImageNet normalisation, and the general defaults (SGD lr 0.1, momentum "
+                 "0.9, weight decay 5e-4, cosine over 100 epochs, batch 128, no embedding, MPT's b 4)")
+
+
+def arch_defaults(arch: str) -> dict:
+    """The defaults an architecture implies: a ViT's 224-pixel input."""
+    return ARCH_DEFAULTS.get(arch) or ({"image_size": 224} if vit_patch(arch) else {})
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -49,16 +63,22 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     p.add_argument("--config", metavar="FILE", help="YAML file of flag defaults; flags on the command line override it")
-    p.add_argument("--dataset", default="cifar100", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--dataset", default="cifar100", help=f"one of {', '.join(DATASETS)}; {FOLDER_RECIPE}")
     p.add_argument("--data-root", default="./data", metavar="DIR",
                    help="torchvision's CIFAR files (downloaded when absent) or folders train/<class>/*, "
-                        "test/<class>/*; imagenet: folders train/<wnid>/*.JPEG, val/<wnid>/*.JPEG")
-    p.add_argument("--arch", default="resnet18", help=f"one of {', '.join(ARCHS)}")
+                        "test/<class>/*; imagenet: folders train/<wnid>/*.JPEG, val/<wnid>/*.JPEG; folder: "
+                        "train/<class>/*, val/<class>/* (or test/)")
+    p.add_argument("--classes", metavar="FILE",
+                   help="--dataset folder: the class names, one a line, in the order that gives their indices, "
+                        "the old classes first (default: the sorted folder names)")
+    p.add_argument("--arch", default="resnet18",
+                   help=f"one of {', '.join(ARCHS)}, or {TORCHVISION}NAME: any torchvision classification model "
+                        "(torchvision.models.get_model), its classifier replaced by a head of the run's classes")
     p.add_argument("--embed-dim", type=int, default=None,
                    help="linear embedding of this size before the classifier (imagenet: 128)")
     p.add_argument("--image-size", type=int, default=None,
-                   help="input size in pixels: CIFAR images are resized to it, ImageNet crops cut at it "
-                        "(default: CIFAR's own 32; 224 for imagenet and vit_b_32)")
+                   help="input size in pixels: CIFAR images are resized to it, ImageNet and folder crops cut "
+                        "at it (default: CIFAR's own 32; 224 for imagenet, folder and the ViTs)")
     p.add_argument("--pretrained", action="store_true",
                    help="start the backbone from torchvision's ImageNet-1k weights (the inputs then get "
                         "ImageNet's normalisation); an error where they cannot be loaded")
@@ -191,8 +211,22 @@ def update_parser(description: str) -> argparse.ArgumentParser:
     hyperparameter of the methods in methods/ (``add_method_flags``)."""
     p = base_parser(description)
     p.add_argument("--method", default="MPT_KL", help=f"one of {', '.join(method_names())}")
-    p.add_argument("--old-ckpt", default="checkpoint/ckpt_old.pth", help="old model (train_old_model.py)")
-    p.add_argument("--new-ckpt", default="checkpoint/ckpt_new.pth", help="new reference model (train_new_model.py)")
+    p.add_argument("--old-ckpt", default="checkpoint/ckpt_old.pth",
+                   help="old model (train_old_model.py), or with --old-arch and --old-classes a plain state_dict "
+                        "of a model trained elsewhere")
+    p.add_argument("--old-arch", metavar="ARCH",
+                   help="--old-ckpt is a plain state_dict (torchvision's keys) of this architecture, e.g. "
+                        f"{TORCHVISION}resnet18")
+    p.add_argument("--old-classes", metavar="FILE",
+                   help="the class names of the plain --old-ckpt's head rows, one a line in row order; they "
+                        "must be this run's first (old) classes, in any order")
+    p.add_argument("--new-ckpt", default="checkpoint/ckpt_new.pth",
+                   help="new reference model (train_new_model.py), or with --new-arch and --new-classes a plain "
+                        "state_dict of a model trained elsewhere")
+    p.add_argument("--new-arch", metavar="ARCH", help="--new-ckpt is a plain state_dict of this architecture")
+    p.add_argument("--new-classes", metavar="FILE",
+                   help="the class names of the plain --new-ckpt's head rows, one a line in row order: every "
+                        "class of the run, in any order")
     p.add_argument("--ensemble-dir", default="checkpoint/ensemble_models", help="ELODI members ckpt_0.pth, ckpt_1.pth, ...")
     p.add_argument("--ensemble-size", type=int, default=8)
     p.add_argument("--save-logits", action="store_true",
@@ -216,7 +250,7 @@ def parse(parser: argparse.ArgumentParser, argv=None, section: str | None = None
     parser.set_defaults(**config)
     pre, _ = parser.parse_known_args(argv)  # the data set and architecture, wherever they were set
     known = {a.dest for a in parser._actions}
-    implied = {**DATASET_DEFAULTS.get(pre.dataset, {}), **ARCH_DEFAULTS.get(pre.arch, {})}
+    implied = {**DATASET_DEFAULTS.get(pre.dataset, {}), **arch_defaults(pre.arch)}
     parser.set_defaults(**{k: v for k, v in implied.items() if k in known and k not in config})
     args = parser.parse_args(argv)
     # The command as typed (recorded in results.json, never part of the run's identity).
@@ -293,7 +327,14 @@ def _require(ok: bool, message: str):
 def validate(args):
     """Reject values that would crash later or silently train nonsense."""
     _require(args.dataset in DATASETS, f"unknown data set {args.dataset!r}; choose one of: {', '.join(DATASETS)}")
-    _require(args.arch in ARCHS, f"unknown architecture {args.arch!r}; choose one of: {', '.join(ARCHS)}")
+    _require(arch_problem(args.arch) is None, str(arch_problem(args.arch)))
+    for role in ("old", "new"):  # main.py's reference models from outside (utils/external.py)
+        arch, classes = getattr(args, f"{role}_arch", None), getattr(args, f"{role}_classes", None)
+        _require((arch is None) == (classes is None),
+                 f"a {role} model from outside (a plain state_dict) needs both --{role}-arch and --{role}-classes")
+        _require(arch is None or arch_problem(arch) is None, f"--{role}-arch: {arch_problem(arch or '')}")
+    _require(getattr(args, "classes", None) is None or args.dataset == "folder",
+             f"--classes orders the classes of image folders: give it with --dataset folder, not {args.dataset}")
     _require(args.epochs > 0, f"--epochs must be positive, got {args.epochs}")
     _require(args.batch_size > 0, f"--batch-size must be positive, got {args.batch_size}")
     _require(args.eval_batch_size > 0, f"--eval-batch-size must be positive, got {args.eval_batch_size}")
@@ -305,16 +346,18 @@ def validate(args):
              f"--val-fraction must lie in [0, 1), got {args.val_fraction}")
     _require(args.embed_dim is None or args.embed_dim > 0, f"--embed-dim must be positive, got {args.embed_dim}")
     _require(args.image_size is None or args.image_size > 0, f"--image-size must be positive, got {args.image_size}")
-    if args.arch.startswith("vit"):
-        _require(args.image_size is not None and args.image_size % VIT_PATCH == 0,
-                 f"--arch {args.arch} needs an --image-size that is a multiple of its {VIT_PATCH}-pixel "
+    if vit_patch(args.arch):
+        patch = vit_patch(args.arch)
+        _require(args.image_size is not None and args.image_size % patch == 0,
+                 f"--arch {args.arch} needs an --image-size that is a multiple of its {patch}-pixel "
                  f"patches, got {args.image_size}")
+    if args.arch.startswith("vit"):
         _require(not args.pretrained or args.image_size == 224,
                  f"the pretrained {args.arch} weights are for --image-size 224, got {args.image_size}")
-    _require(args.data_pipeline == "tensor" or (args.dataset != "imagenet" and args.image_size is None
-                                                  and not args.pretrained),
+    _require(args.data_pipeline == "tensor"
+             or (args.dataset not in ("imagenet", "folder") and args.image_size is None and not args.pretrained),
              "--data-pipeline pil is the official 32-pixel CIFAR pipeline: it takes no --image-size or "
-             "--pretrained, and imagenet always reads its folders through DataLoaders")
+             "--pretrained, and imagenet and folder always read their folders through DataLoaders")
     _require(math.isfinite(args.old_fraction) and 0 < args.old_fraction <= 1,
              f"--old-fraction must lie in (0, 1], got {args.old_fraction}")
     if hasattr(args, "old_data_fraction"):  # train_old_model.py's flag
@@ -337,4 +380,4 @@ def validate(args):
 def default_output_dir(role: str, args, name: str) -> Path:
     """runs/<role>/<readable name>-<hash of all settings>: distinct settings never share files."""
     digest = hashlib.sha1(json.dumps(run_settings(args), sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return Path("runs") / role / f"{name}-{digest}"
+    return Path("runs") / role / f"{name.replace(':', '-')}-{digest}"  # torchvision:NAME: no colon in a path

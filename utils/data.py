@@ -9,6 +9,7 @@ CIFAR is decoded once into uint8 tensors (N, 3, 32, 32) and fed as device-reside
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from torchvision import datasets
 from utils.device import prefers_channels_last
 from utils.errors import UserError
 from utils.image_files import CIFAR_FILES, DATASETS, cifar_batches, cifar_folder, class_images, read_pickle
-from utils.imagenet import load_imagenet
+from utils.imagenet import load_image_folder, load_imagenet
 from utils.inputs import (
     NORMALIZATION,
     SPLIT,
@@ -56,7 +57,8 @@ class TensorDataset(Dataset):
 
 def normalization(args) -> str:
     """The statistics the inputs are normalised with: a pretrained backbone expects ImageNet's."""
-    return "imagenet" if args.dataset == "imagenet" or getattr(args, "pretrained", False) else "cifar"
+    return ("imagenet" if args.dataset in ("imagenet", "folder") or getattr(args, "pretrained", False)
+            else "cifar")
 
 
 def normalizer(args, channels_last: bool = False) -> Normalize:
@@ -83,9 +85,11 @@ def num_old_classes(num_classes: int, old_fraction: float) -> int:
     return c_old
 
 
-def load_dataset(name: str, root: str | os.PathLike, download: bool = True) -> Dataset:
+def load_dataset(name: str, root: str | os.PathLike, download: bool = True, classes=None) -> Dataset:
     """CIFAR from ``root``: an image-folder layout ``train/<class>/*`` + ``test/<class>/*``
-    (sorted class names give the indices), or torchvision's format, downloaded when absent."""
+    (sorted class names give the indices), or torchvision's format, downloaded when absent.
+    ``folder``: a user's image folders, its classes in the order of the file ``classes``
+    (``--classes``; else sorted)."""
     if name not in DATASETS:
         raise UserError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
     root = Path(root)
@@ -93,6 +97,8 @@ def load_dataset(name: str, root: str | os.PathLike, download: bool = True) -> D
         raise UserError(f"--data-root {root} is a file; give the folder that holds the data set")
     if name == "imagenet":
         return load_imagenet(root)
+    if name == "folder":
+        return load_image_folder(root, classes)
     splits = [split for split in ("train", "test") if (root / split).is_dir()]
     if len(splits) == 1:  # half an image-folder layout: say so instead of trying a download
         other = "test" if splits[0] == "train" else "train"
@@ -190,18 +196,28 @@ def stratified_split(targets: torch.Tensor, fraction: float, seed: int):
 
 
 def old_data_subset(targets: torch.Tensor, index: torch.Tensor, fraction: float,
-                    split_seed: int) -> tuple[torch.Tensor, dict]:
+                    split_seed: int, classes: list | None = None) -> tuple[torch.Tensor, dict]:
     """The old model's share of its training samples under ``--old-data-fraction F`` (a data-growth
     update: the old model sees F of every old class's images, the new models all of them).
     ``targets`` are the classes of the samples it could train on (old classes, after the
     validation hold-out), ``index`` their indices into the whole training set. Returns the
-    positions chosen (F of each class, drawn with ``split_seed``) and the record that its
-    checkpoint and results.json keep: fraction, split seed and a hash of the chosen indices."""
+    positions chosen (of a class of n images, n - round((1 - F) * n), drawn with ``split_seed``)
+    and the record that its checkpoint and results.json keep: fraction, split seed and a hash of
+    the chosen indices. A fraction that would keep no image of some class (4 images at 0.1) is
+    refused (``classes``: the names for the message)."""
     if fraction == 1:
         return torch.arange(len(targets)), {"old_data_fraction": 1.0}
     kept, _ = stratified_split(targets, 1 - fraction, split_seed)
-    if len(kept) == 0:
-        raise UserError(f"--old-data-fraction {fraction} leaves no training image; choose a larger fraction")
+    present = targets.unique()
+    empty = present[~torch.isin(present, targets[kept])].tolist()
+    if empty:
+        sizes = {c: int((targets == c).sum()) for c in empty}
+        smallest = int(min((targets == c).sum() for c in present.tolist()))
+        named = ", ".join(f"{classes[c] if classes else c} ({sizes[c]} images)" for c in empty[:5])
+        raise UserError(f"--old-data-fraction {fraction:g} keeps no training image of {len(empty)} old class(es): "
+                        f"{named}{' ...' if len(empty) > 5 else ''} (a class of n images keeps "
+                        f"n - round((1 - F) * n) of them); give --old-data-fraction "
+                        f"{math.ceil(1000 / smallest) / 1000:g} or more to keep at least one image of every class")
     return kept, {"old_data_fraction": fraction, "split_seed": split_seed,
                   "subset_sha256": indices_digest(index[kept])}
 

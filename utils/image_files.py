@@ -5,10 +5,15 @@ both.
 
     image folders   <root>/<split>/<class>/<image>: sorted class names give the class indices,
                     sorted file names the order within a class (ImageNet: split "val")
+    --dataset folder  <root>/<split>/<class>/...: the images of every class in torchvision's
+                    ImageFolder order (sorted class names, then the sorted paths under each,
+                    subfolders included; ``folder_samples``), the class indices from the run's
+                    class list (``--classes FILE``, else the sorted names); split "val" or "test"
     torchvision's   the pickled CIFAR batches, in the files' own order
 """
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -17,11 +22,15 @@ from PIL import Image
 
 from utils.errors import UserError
 
-# Number of classes of each data set; ImageNet's comes from its folders (tests use a few classes).
-DATASETS = {"cifar10": 10, "cifar100": 100, "imagenet": None}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
-# The test split's folder in an image-folder layout.
-TEST_SPLIT = {"cifar10": "test", "cifar100": "test", "imagenet": "val"}
+# Number of classes of each data set; ImageNet's and a folder's come from the folders (tests use a
+# few classes).
+DATASETS = {"cifar10": 10, "cifar100": 100, "imagenet": None, "folder": None}
+# The image files read, as torchvision's ImageFolder reads them (torchvision.datasets.folder's
+# IMG_EXTENSIONS; a test checks that they agree).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# The test split's folder in an image-folder layout (--dataset folder: val/, else test/).
+TEST_SPLIT = {"cifar10": "test", "cifar100": "test", "imagenet": "val", "folder": "val"}
+FOLDER_TEST_SPLITS = ("val", "test")
 
 # torchvision's CIFAR layout: the extracted folder, its training and test files, the class names.
 CIFAR_FILES = {
@@ -33,6 +42,49 @@ CIFAR_FILES = {
 def class_images(folder: Path) -> list[Path]:
     """The images of one class folder, in the order that gives them their indices."""
     return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def folder_test_split(root: Path) -> Path:
+    """The test split of a ``--dataset folder`` root: val/ or test/ (not both: which one is
+    scored would be a guess)."""
+    found = [root / split for split in FOLDER_TEST_SPLITS if (root / split).is_dir()]
+    if len(found) == 2:
+        raise UserError(f"--data-root {root} holds both val/ and test/; the images the models are scored on "
+                        "would be a guess: keep one of them (rename or move the other)")
+    if not found:
+        raise UserError(f"--dataset folder needs {root}/train/<class>/ and {root}/val/<class>/ (or test/), "
+                        f"one folder of images per class; {root} has no val/ or test/")
+    return found[0]
+
+
+def folder_samples(folder: Path, class_index: dict) -> list[tuple[str, int]]:
+    """(path, class index) of every image under ``folder``/<class>/ for the classes of
+    ``class_index`` (name -> index): torchvision's ``make_dataset`` order, read without torch
+    (sorted class names, then every image under the class's folder, subfolders included, in
+    sorted order), so that the flip analysis names the images the training code read."""
+    samples = []
+    for name in sorted(class_index):
+        for parent, _, files in sorted(os.walk(folder / name, followlinks=True)):
+            samples += [(os.path.join(parent, f), class_index[name]) for f in sorted(files)
+                        if f.lower().endswith(IMAGE_SUFFIXES)]
+    return samples
+
+
+def class_list(path, what: str = "--classes") -> list[str]:
+    """The class names of a file, one a line (surrounding blanks and empty lines ignored), in
+    its order; ``what`` names the flag in the errors."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {what} {path} ({getattr(err, 'strerror', None) or err}); give a text "
+                        "file of class names, one a line") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"{what} {path} names no class; give one class name a line")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"{what} {path} names {', '.join(repeated[:5])} more than once; give each class once")
+    return names
 
 
 def cifar_folder(name: str, root: Path) -> Path:
@@ -66,15 +118,22 @@ def cifar_batches(name: str, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
 class TestImages:
     """The test images of ``dataset`` under ``root``, by test-set index: ``paths`` (relative to
     ``root``; None for the pickled CIFAR files), ``targets`` (each image's class, from where it
-    lies) and ``image(i)``, an (H, W, 3) uint8 array."""
+    lies; for ``--dataset folder`` its index in ``classes``, the run's class order, which
+    results.json records) and ``image(i)``, an (H, W, 3) uint8 array."""
 
-    def __init__(self, dataset: str, root: str | Path):
+    def __init__(self, dataset: str, root: str | Path, classes: list | None = None):
         root = Path(root)
         if dataset not in TEST_SPLIT:
             raise UserError(f"unknown data set {dataset!r}; choose one of: {', '.join(TEST_SPLIT)}")
         self.root, self.paths, self._pixels = root, None, None
-        folder = root / TEST_SPLIT[dataset]
-        if folder.is_dir():
+        folder = folder_test_split(root) if dataset == "folder" else root / TEST_SPLIT[dataset]
+        if dataset == "folder":
+            # classes: the run's class order (results.json's "classes"), else the sorted names
+            names = list(classes) if classes else sorted(p.name for p in folder.iterdir() if p.is_dir())
+            files = folder_samples(folder, {name: c for c, name in enumerate(names)})
+            self.paths = [Path(f).relative_to(root).as_posix() for f, _ in files]
+            self.targets = np.array([c for _, c in files], dtype=np.int64)
+        elif folder.is_dir():
             classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
             files = [(f, c) for c, name in enumerate(classes) for f in class_images(folder / name)]
             self.paths = [f.relative_to(root).as_posix() for f, _ in files]

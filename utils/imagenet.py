@@ -1,4 +1,5 @@
-"""ImageNet-1k from its JPEG folders: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``.
+"""ImageNet-1k from its JPEG folders: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``; and a
+user's own image folders (``--dataset folder``, ``load_image_folder``) through the same pipeline.
 
 The sorted wnids give the class indices (the class split takes the first round(F * C)); the
 number of classes is what the folders hold, so a few-class folder works as well as all 1,000.
@@ -20,6 +21,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dat
 
 from utils.device import prefers_channels_last
 from utils.errors import UserError
+from utils.image_files import class_list, folder_test_split
 from utils.inputs import (
     NORMALIZATION,
     BatchPlan,
@@ -70,6 +72,40 @@ class FolderDataset(Dataset):
 
     def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1, min_share: int = 1) -> "FileInputs":
         return FileInputs(self.splits, args, device, rank, world, min_share)
+
+
+def load_image_folder(root: Path, classes_file=None) -> FolderDataset:
+    """``--dataset folder``: a user's own images, ``root/train/<class>/`` and ``root/val/<class>/``
+    (or ``test/``), read in torchvision's ImageFolder order (``make_dataset``: any image format it
+    reads, subfolders included), through the same pipeline as ImageNet. The class indices follow
+    ``classes_file`` (one name a line, the old classes first), else the sorted folder names."""
+    train_dir = root / TRAIN
+    if not train_dir.is_dir():
+        raise UserError(f"--dataset folder needs {train_dir}/<class>/ and {root}/val/<class>/ (or test/), one "
+                        "folder of images per class; give --data-root the folder that holds them")
+    eval_dir = folder_test_split(root)
+    folders = class_folders(train_dir, eval_dir)
+    classes = folders
+    if classes_file is not None:
+        classes = class_list(classes_file)
+        unknown = [c for c in classes if c not in folders]
+        if unknown:
+            raise UserError(f"--classes {classes_file} names {len(unknown)} class(es) that {train_dir} does not hold: "
+                            f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}; its classes are "
+                            f"{', '.join(folders[:20])}{' ...' if len(folders) > 20 else ''}")
+        unlisted = [c for c in folders if c not in classes]
+        if unlisted:
+            raise UserError(f"--classes {classes_file} leaves out {len(unlisted)} class folder(s) of {train_dir}: "
+                            f"{', '.join(unlisted[:10])}{' ...' if len(unlisted) > 10 else ''}; list every "
+                            "class, the old ones first, or move those folders out")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = []
+    for folder in (train_dir, eval_dir):
+        try:
+            splits.append(ImageFiles(make_dataset(str(folder), index, extensions=IMG_EXTENSIONS)))
+        except FileNotFoundError as err:  # a class folder without images
+            raise UserError(f"{folder}: {' '.join(str(err).split())}") from None
+    return FolderDataset("folder", classes, *splits)
 
 
 def load_imagenet(root: Path) -> FolderDataset:

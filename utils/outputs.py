@@ -1,7 +1,8 @@
 """A run's files: checked writable before anything runs, written atomically once it succeeded.
 
     <output-dir>/results.json      the final metrics, the class split and the settings
-    <output-dir>/predictions.npz   an update's per-sample test predictions (and logits)
+    <output-dir>/predictions.npz   an update's per-sample test predictions (and logits): the format
+                                   of ``save_predictions``, which writes it from predictions made anywhere
     --save (default <output-dir>/checkpoint.pth)   the trained model's checkpoint
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from utils.checkpoint import atomic_write
 from utils.device import environment
 from utils.errors import UserError
-from utils.metrics import margins
+from utils.metrics import margins, margins_agreeing_with
 
 # Test logits are stored for up to this many classes (float16: 20 KB per 100 samples at 100
 # classes); above it, only with --save-logits.
@@ -70,28 +71,90 @@ def compact(logits: np.ndarray) -> np.ndarray:
 
 
 def write_predictions(path: Path, targets, scores, num_old: int, save_logits: bool = False):
-    """Per-sample test predictions of an update (``utils.evaluation.Scores``): ``targets``,
-    ``old_pred``, ``pred``, C_old (``num_old``) and the margins z_y - max_{j != y} z_j of both
-    models (``margin``, ``old_margin``; float32, NaN for the old model on new-class samples),
-    taken from the fp32 logits that gave the predictions, so that a margin is below zero exactly
-    where the prediction is wrong (0 on a tie); with the logits (``compact``) too where there are
-    at most LOGITS_MAX_CLASSES classes or with ``save_logits``."""
-    targets = np.asarray(targets).astype(np.int64)
+    """Per-sample test predictions of an update (``utils.evaluation.Scores``) in the format of
+    ``save_predictions``, the margins taken from the fp32 logits that gave the predictions, the
+    logits stored where there are at most LOGITS_MAX_CLASSES classes or with ``save_logits``."""
+    keep = save_logits or scores.logits.shape[1] <= LOGITS_MAX_CLASSES
+    save_predictions(path, targets, scores.old_pred, scores.pred, num_old, logits=scores.logits.numpy(),
+                     old_logits=scores.old_logits.numpy(), store_logits=keep)
+
+
+def save_predictions(path, targets, old_pred, pred, num_old: int, logits=None, old_logits=None, *,
+                     store_logits: bool = True):
+    """Write ``path`` (predictions.npz) from predictions made anywhere (numpy arrays, tensors or
+    lists), in the format that main.py writes and ``python -m tools.flips`` reads:
+
+        targets     int64 (N,)   the true class of every test sample, classes 0 .. C-1
+        old_pred    int64 (N,)   the old model's prediction, a class < C_old
+        pred        int64 (N,)   the updated model's prediction
+        num_old     int64 ()     C_old: the classes 0 .. C_old-1 are the old ones
+        margin      float32 (N,) z_y - max_{j != y} z_j of the updated model's ``logits`` (N, C)
+        old_margin  float32 (N,) the same of the old model's ``old_logits`` (N, C_old); NaN on
+                                 new-class samples, where the old model has no output for y
+        logits, old_logits       (float16, float32 where a value exceeds its range; ``compact``)
+
+    The margins and logits are written where the logits are given (the logits unless not
+    ``store_logits``); each margin agrees in sign with its prediction (at most 0 where it is
+    wrong: ``utils.metrics.margins_agreeing_with``). Inconsistent arrays are a ValueError."""
+    targets, old_pred, pred = (_labels(a, name) for a, name in ((targets, "targets"), (old_pred, "old_pred"),
+                                                                (pred, "pred")))
+    n = len(targets)
+    if not len(old_pred) == len(pred) == n:
+        raise ValueError(f"targets, old_pred and pred must have one entry per test sample, got {n}, "
+                         f"{len(old_pred)} and {len(pred)}")
+    if isinstance(num_old, bool) or not float(num_old).is_integer() or num_old < 1:
+        raise ValueError(f"num_old must be a positive integer (C_old), got {num_old!r}")
+    num_old = int(num_old)
+    if n and old_pred.max() >= num_old:
+        raise ValueError(f"old_pred holds class {old_pred.max()}, but the old model knows only classes "
+                         f"0 .. {num_old - 1} (num_old = {num_old})")
+    arrays = {"targets": targets, "old_pred": old_pred, "pred": pred, "num_old": np.int64(num_old)}
     old = targets < num_old
-    old_margin = np.full(len(targets), np.nan, dtype=np.float32)
-    old_margin[old] = margins(scores.old_logits.numpy()[old], targets[old])
-    arrays = {"targets": targets, "old_pred": scores.old_pred.astype(np.int64),
-              "pred": scores.pred.astype(np.int64), "num_old": np.int64(num_old),
-              "margin": margins(scores.logits.numpy(), targets), "old_margin": old_margin}
-    if save_logits or scores.logits.shape[1] <= LOGITS_MAX_CLASSES:
-        arrays.update(logits=compact(scores.logits.numpy()), old_logits=compact(scores.old_logits.numpy()))
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    if logits is not None:
+        logits = _scores(logits, "logits", n)
+        if n and max(targets.max(), pred.max()) >= logits.shape[1]:
+            raise ValueError(f"logits have {logits.shape[1]} columns, but targets or pred hold class "
+                             f"{max(targets.max(), pred.max())}")
+        arrays["margin"] = margins_agreeing_with(pred, targets, margins(logits, targets))
+    if old_logits is not None:
+        old_logits = _scores(old_logits, "old_logits", n)
+        if old_logits.shape[1] != num_old:
+            raise ValueError(f"old_logits have {old_logits.shape[1]} columns but num_old is {num_old}: the old "
+                             "model has one output per old class")
+        old_margin = np.full(n, np.nan, dtype=np.float32)
+        old_margin[old] = margins_agreeing_with(old_pred[old], targets[old],
+                                                margins(old_logits[old], targets[old]))
+        arrays["old_margin"] = old_margin
+    if store_logits:
+        arrays.update({k: compact(v) for k, v in (("logits", logits), ("old_logits", old_logits)) if v is not None})
+    atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def _labels(values, name: str) -> np.ndarray:
+    """Class indices as int64 (N,), from a tensor, an array or a list."""
+    a = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be one class index per sample, shape (N,), got shape {a.shape}")
+    if a.size and not (np.issubdtype(a.dtype, np.integer) or np.all(np.mod(a, 1) == 0)):
+        raise ValueError(f"{name} must hold class indices (integers), got {a.dtype} values")
+    a = a.astype(np.int64)
+    if a.size and a.min() < 0:
+        raise ValueError(f"{name} holds a negative class index ({a.min()})")
+    return a
+
+
+def _scores(values, name: str, n: int) -> np.ndarray:
+    """Logits as a float array (N, classes), from a tensor or an array."""
+    a = np.asarray(values.detach().float().cpu() if hasattr(values, "detach") else values)
+    if a.ndim != 2 or len(a) != n:
+        raise ValueError(f"{name} must have shape (N, classes) with N = {n} samples, got {a.shape}")
+    return a
 
 
 def results_record(role: str, metrics: dict, checkpoint, data, weights: str | None, config: dict,
                    setting: dict | None = None, device: str | None = None,
                    ignored_flags: dict | None = None, method: dict | None = None,
-                   made_by: dict | None = None) -> dict:
+                   made_by: dict | None = None, references: dict | None = None) -> dict:
     """The content of results.json: the metrics (validation ones under "val"), the model's
     checkpoint, the class split (``data``: utils.runner.RunData), the number of training images,
     the validation split and an old model's share of the images, the kind of experiment
@@ -99,7 +162,8 @@ def results_record(role: str, metrics: dict, checkpoint, data, weights: str | No
     settings, the flags of other methods given to an update (``ignored_flags``: {"--b": 2.0}; not
     in the settings), an update's method (``method``: utils.cli.method_record), the code and command that made the run (``made_by``: {"code": {"commit",
     "dirty"} or None, "command": [...]}) and the software and hardware (of ``device``, by
-    default the settings' own)."""
+    default the settings' own); an update's ``references``: where each reference model came from
+    ({"old": utils.checkpoint.reference_record or utils.external.load_external's record, "new": ...})."""
     record = {"role": role, **metrics, "checkpoint": str(checkpoint), "num_old": data.num_old,
               "num_classes": data.num_classes, "classes": data.classes, "train_size": len(data.dataset.train),
               "split": data.split}
@@ -110,4 +174,6 @@ def results_record(role: str, metrics: dict, checkpoint, data, weights: str | No
         record["ignored_flags"] = ignored_flags
     if method is not None:
         record["method"] = method
+    if references is not None:
+        record["references"] = references
     return {**record, **(made_by or {}), "environment": environment(device or config["device"])}

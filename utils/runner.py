@@ -20,14 +20,22 @@ from tqdm import tqdm
 
 from methods import get_method
 from models import build_model as build_architecture
-from models.zoo import PRETRAINED, WeightsUnavailable
+from models.zoo import ArchitectureError, WeightsUnavailable, fetch_command
 from utils import distributed as dist
-from utils.checkpoint import atomic_save, load_model, model_checkpoint, old_model_setting, remove_stale_temporaries
+from utils.checkpoint import (
+    atomic_save,
+    load_model,
+    model_checkpoint,
+    old_model_setting,
+    reference_record,
+    remove_stale_temporaries,
+)
 from utils.data import Dataset, input_spec, load_dataset, num_old_classes, old_data_subset, validation_split
 from utils.device import fast_teachers, prefers_channels_last, setup_device
 from utils.engine import NonFiniteLoss, Teachers, build_teachers, min_share, prepare_teacher, progress, train_one_epoch
 from utils.errors import UserError, warn
 from utils.evaluation import Scorer, Scores
+from utils.external import load_external
 from utils.features import cache_features, head_on
 from utils.outputs import (
     PREDICTIONS_FILE,
@@ -63,6 +71,8 @@ class Mitigation:
     save_logits: bool = False
     ignored_flags: dict = field(default_factory=dict)  # flags of other methods given to this run
     record: dict = field(default_factory=dict)  # the method as results.json records it (utils.cli.method_record)
+    # Reference models from outside ("old", "new"): plain state_dicts (utils/external.py)
+    external: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +94,7 @@ class References:
     old_model: nn.Module
     teachers: Teachers
     old_setting: dict    # what the old model was: its architecture and share of the training images
+    records: dict = field(default_factory=dict)  # where each reference came from (results.json's "references")
 
 
 def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
@@ -122,7 +133,7 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
                      scorer, out_dir, device, world, state)
         if dist.is_main():
             write_outputs(args, role, out_dir, model, data, inputs.targets["test"], scores, mitigation,
-                          run_setting(args, role, data, refs))
+                          run_setting(args, role, data, refs), refs.records if refs else None)
         dist.barrier()
         return scores.metrics
     finally:
@@ -142,7 +153,8 @@ def load_data(args, role: str) -> RunData:
     every model of an experiment holds out the same images); the old model sees only the old
     classes and, with --old-data-fraction, only that share of their remaining training images."""
     with dist.main_first():  # rank 0 downloads CIFAR when it is absent; the others wait, then read its copy
-        data = load_dataset(args.dataset, args.data_root, download=dist.is_main())
+        data = load_dataset(args.dataset, args.data_root, download=dist.is_main(),
+                            classes=getattr(args, "classes", None))
     classes, num_classes = list(data.classes), data.num_classes
     num_old = num_old_classes(num_classes, args.old_fraction)
     held, split = validation_split(data.train.targets, args.val_fraction, args.split_seed)
@@ -154,7 +166,8 @@ def load_data(args, role: str) -> RunData:
         return RunData(data, num_classes, num_old, classes, num_classes, split)
     index = index[data.train.targets < num_old]
     data = data.classes_below(num_old)
-    chosen, old_data = old_data_subset(data.train.targets, index, args.old_data_fraction, args.split_seed)
+    chosen, old_data = old_data_subset(data.train.targets, index, args.old_data_fraction, args.split_seed,
+                                       classes=data.classes)
     if len(chosen) < len(data.train):
         data = data.train_subset(chosen)
     return RunData(data, num_classes, num_old, classes, num_old, split, old_data)
@@ -174,11 +187,12 @@ def build_model(args, head_size: int, device: torch.device, world: int) -> nn.Mo
     except WeightsUnavailable as err:
         if not args.allow_random_weights:
             raise UserError(f"{err}; fetch them ahead of time on a machine with network access "
-                            f"(python -c \"import torchvision; torchvision.models.get_model_weights('{args.arch}')"
-                            f".{PRETRAINED}.get_state_dict()\") and copy $TORCH_HOME/hub/checkpoints here, "
+                            f"({fetch_command(args.arch)}) and copy $TORCH_HOME/hub/checkpoints here, "
                             "or pass --allow-random-weights to go on with a random backbone knowingly") from None
         warn(f"{err}; the backbone starts from RANDOM weights (--allow-random-weights)")
         model = build(pretrained=False)
+    except ArchitectureError as err:
+        raise UserError(f"--arch {args.arch}: {err}") from None
     if args.freeze_backbone:
         if model.weights is None:
             warn(f"--freeze-backbone without pretrained weights: the frozen {args.arch} backbone has RANDOM weights")
@@ -215,18 +229,39 @@ def load_references(args, mitigation: Mitigation, data: RunData, model: nn.Modul
     """The old model (scored as it is) and the teachers the method uses, prepared for training
     (utils.device.fast_teachers). With --freeze-backbone they run as heads on the cached features."""
     def load(path, role, classes, num_old=None):
-        """The prepared reference model and its checkpoint."""
-        ref, ckpt = load_model(path, role, num_classes=classes, num_old=num_old, dataset=args.dataset,
-                               inputs=input_spec(args))
-        check_split(ckpt, path, data.split)
-        return prepare_teacher(head_on(ref, model.backbone, path) if args.freeze_backbone else ref, device), ckpt
+        """The prepared reference model, its checkpoint (None for a plain state_dict) and its record."""
+        if role in mitigation.external:  # a plain state_dict of a model trained elsewhere
+            hint = f" (--old-fraction {args.old_fraction:g} of its {data.num_classes})"
+            ref, record = load_external(path, role, mitigation.external[role], data.classes, classes,
+                                        image_size=args.image_size, hint=hint)
+            if data.split["val_fraction"]:
+                warn(f"--{role}-ckpt {path} comes from outside: whether it saw this run's --val-fraction "
+                     "images cannot be checked")
+            ckpt = None
+        else:
+            ref, ckpt = load_model(path, role, num_classes=classes, num_old=num_old, dataset=args.dataset,
+                                   inputs=input_spec(args), classes=data.classes)
+            check_split(ckpt, path, data.split)
+            record = reference_record(path, ckpt)
+        ref = prepare_teacher(head_on(ref, model.backbone, path) if args.freeze_backbone else ref, device)
+        return ref, ckpt, record
 
     uses = mitigation.method.references
-    old, old_ckpt = load(mitigation.old_ckpt, "old", data.num_old, data.num_old)
-    new = load(mitigation.new_ckpt, "new", data.num_classes)[0] if "new" in uses else None
-    members = [load(p, "ensemble", data.num_classes)[0] for p in mitigation.ensemble] if "ensemble" in uses else []
+    old, old_ckpt, old_record = load(mitigation.old_ckpt, "old", data.num_old, data.num_old)
+    records = {"old": old_record}
+    new = None
+    if "new" in uses:
+        new, _, records["new"] = load(mitigation.new_ckpt, "new", data.num_classes)
+    members = []
+    if "ensemble" in uses:
+        loaded = [load(p, "ensemble", data.num_classes) for p in mitigation.ensemble]
+        members, records["ensemble"] = [m for m, _, _ in loaded], [r for _, _, r in loaded]
     teachers = build_teachers(uses, device, fast_teachers(device, args.precision), old, new, members)
-    return References(old, teachers, old_model_setting(old_ckpt))
+    if old_ckpt is None:  # from outside: its architecture and file are known, its training images are not
+        setting = {"old_arch": old_record["arch"], "old_source": "state_dict", "old_sha256": old_record["sha256"]}
+    else:
+        setting = old_model_setting(old_ckpt)
+    return References(old, teachers, setting, records)
 
 
 def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer: Scorer,
@@ -329,7 +364,7 @@ def run_setting(args, role: str, data: RunData, refs: References | None) -> dict
 
 
 def write_outputs(args, role: str, out_dir: Path, model, data: RunData, test_targets, scores: Scores,
-                  mitigation: Mitigation | None, setting: dict):
+                  mitigation: Mitigation | None, setting: dict, references: dict | None = None):
     """The final files, written only after the run succeeded: the model checkpoint (--save),
     results.json and, for an update, predictions.npz."""
     save_path = checkpoint_path(args, out_dir)
@@ -339,10 +374,12 @@ def write_outputs(args, role: str, out_dir: Path, model, data: RunData, test_tar
                                  dataset=args.dataset, num_old=data.num_old, role=role,
                                  epoch=args.epochs - 1, metrics=scores.metrics, config=config,
                                  inputs=input_spec(args), split=data.split, weights=model.weights,
-                                 old_data=data.old_data, made_by=made_by), save_path)
+                                 old_data=data.old_data, made_by=made_by, classes=data.classes[:data.head_size]),
+                save_path)
     if mitigation is not None:
         write_predictions(out_dir / PREDICTIONS_FILE, test_targets, scores, data.num_old, mitigation.save_logits)
     write_json(out_dir / RESULTS_FILE,
                results_record(role, scores.metrics, save_path, data, model.weights, config, setting,
                               ignored_flags=mitigation.ignored_flags if mitigation else None,
-                              method=mitigation.record if mitigation else None, made_by=made_by))
+                              method=mitigation.record if mitigation else None, made_by=made_by,
+                              references=references))

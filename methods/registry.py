@@ -38,6 +38,14 @@ class Option:
         return None
 
 
+class HyperparameterError(ValueError):
+    """A hyperparameter's value out of its Option's range (the one place ranges are checked)."""
+
+    def __init__(self, method: str, param: str, problem: str, value):
+        self.param, self.problem, self.value = param, problem, value
+        super().__init__(f"{method}: {param} {problem}, got {value}")
+
+
 class Method:
     """Base class of the methods: a training loss with its hyperparameters.
 
@@ -207,5 +215,5 @@ def get_method(name: str, **hparams) -> Method:
     for param, value in hparams.items():
         problem = option(name, param).check(value) if param != "num_old" else None
         if problem:
-            raise ValueError(f"{name}: {param} {problem}, got {value}")
+            raise HyperparameterError(name, param, problem, value)
     return METHODS[name](**hparams)

@@ -69,3 +69,29 @@ def test_flips_benchmark_analyses_its_runs(tmp_path):
                      r"\d+\.\d s, peak RSS \d+\.\d\d GiB$", proc.stdout.strip())
     report = (tmp_path / "flips" / "flips.json").read_text()
     assert report.count('"p_holm"') == 3  # three runs against the baseline
+
+
+def run_benchmark(name: str, *flags) -> str:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *flags], cwd=REPO, env=script_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_seeded_transform_overhead_is_the_difference_of_its_timings():
+    out = run_benchmark("seeded_transform.py", "--samples", "200", "--repeats", "1")
+    plain, seeded, overhead = (float(re.search(rf"^{k}\s+(-?\d+\.\d) us", out, re.M).group(1))
+                               for k in ("plain", "seeded", "overhead"))
+    assert abs((seeded - plain) - overhead) <= 0.1 + 1e-9   # each printed to 0.1 us
+
+
+def test_folder_loading_names_the_limit_its_numbers_show(tmp_path):
+    out = run_benchmark("folder_loading.py", "--device", "cpu", "--images", "48", "--batch-size", "8",
+                        "--image-size", "32", "--workers-list", "0 1", "--model-steps", "1", "--dir", str(tmp_path))
+    loaded = {int(w): float(r) for w, r in re.findall(r"^loader, (\d+) worker\(s\): (\d+) images/s", out, re.M)}
+    trained = float(re.search(r"^model resnet18, .*: (\d+) images/s", out, re.M).group(1))
+    assert set(loaded) == {0, 1} and trained > 0
+    verdict = re.search(r"with (\d+) worker\(s\) the (.+) is the limit \((\d+) loaded vs (\d+) trained", out)
+    workers, limit, got, want = int(verdict[1]), verdict[2], float(verdict[3]), float(verdict[4])
+    assert got == loaded[workers] and want == trained
+    assert (limit == "loader") == (got < want)

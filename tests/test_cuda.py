@@ -307,7 +307,7 @@ def run_cuda_script(script, *args, gpus: int | None = None, timeout: float = 600
 
 def metrics_of(run_dir) -> dict:
     out = json.loads((run_dir / "results.json").read_text())
-    return {k: v for k, v in out.items() if k not in ("checkpoint", "config")}
+    return {k: v for k, v in out.items() if k not in ("checkpoint", "config", "command")}
 
 
 def epoch_records(run_dir) -> list:

@@ -60,3 +60,16 @@ def test_own_training_loop_example(capsys):
     assert metrics["nfr"] == pytest.approx(100 * (old_right & new_wrong & on_old).sum().item() / on_old.sum().item())
     assert metrics["er_all"] < 30  # the loop trained the model (10 classes: 90 % by chance)
     assert "'nfr'" in capsys.readouterr().out
+
+
+def test_the_readme_is_a_front_page_whose_links_resolve():
+    """At most 300 lines; every relative link of the README and of docs/ names a file that exists
+    (anchors aside)."""
+    readme = REPO / "README.md"
+    assert len(readme.read_text().splitlines()) <= 300
+    broken = []
+    for page in (readme, *sorted((REPO / "docs").glob("*.md"))):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if not target.startswith(("http://", "https://")) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert not broken, broken

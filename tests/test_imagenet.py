@@ -130,10 +130,11 @@ def imagenet_flags(data_root, workers: int) -> list:
 
 
 def run_outcome(run_dir):
-    """What a run computed: its results and epoch records without paths and wall-clock times."""
+    """What a run computed: its results and epoch records without paths, the command as typed and
+    wall-clock times."""
     results = json.loads((run_dir / "results.json").read_text())
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return ({k: v for k, v in results.items() if k not in ("checkpoint", "config")},
+    return ({k: v for k, v in results.items() if k not in ("checkpoint", "config", "command")},
             [{k: v for k, v in r.items() if k != "seconds"} for r in records])
 
 

@@ -119,6 +119,39 @@ def test_resume_auto_starts_afresh_continues_a_killed_run_and_leaves_a_finished_
     assert file_hashes(run_dir) == before
 
 
+# main.py, killed (SIGKILL) right after the first state it saves inside epoch 2.
+KILLED_INSIDE_EPOCH_2 = """
+import os, runpy, signal, sys
+import utils.runner
+save = utils.runner.save_state
+def save_then_die(*args, in_epoch=None, **kwargs):
+    save(*args, in_epoch=in_epoch, **kwargs)
+    if in_epoch is not None and in_epoch["epoch"] == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+utils.runner.save_state = save_then_die
+sys.argv = ["main.py", *sys.argv[1:]]
+runpy.run_path("main.py", run_name="__main__")
+"""
+
+
+def test_a_run_killed_inside_an_epoch_resumes_at_its_saved_step(update_args, uninterrupted_update, tmp_path):
+    """--save-every-steps 2 (5 steps an epoch): killed after step 2 of epoch 2, the run continues
+    at step 3 of epoch 2 and ends with the uninterrupted run's per-epoch losses and metrics."""
+    run_dir = tmp_path / "run"
+    command = [*update_args, "--output-dir", run_dir, "--save-every-steps", 2, "--resume", "auto"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_INSIDE_EPOCH_2, *map(str, command)], cwd=REPO,
+                            env=script_env(), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    state = torch.load(run_dir / "state.pth", map_location="cpu", weights_only=False)
+    assert (state["epoch"], state["in_epoch"]["epoch"], state["in_epoch"]["step"]) == (0, 1, 1)
+    resumed = run_script("main.py", *command)
+    assert_ok(resumed)
+    assert "epoch 1/3" not in resumed.stdout and "epoch 2/3" in resumed.stdout
+    assert results(run_dir) == results(uninterrupted_update)
+    assert epoch_records(run_dir) == epoch_records(uninterrupted_update)
+    assert_same_checkpoint(run_dir / "checkpoint.pth", uninterrupted_update / "checkpoint.pth")
+
+
 @pytest.mark.slow
 def test_resumed_old_model_equals_uninterrupted_run(tiny_data, tmp_path):
     args = common_args(tiny_data, epochs=EPOCHS)

@@ -10,7 +10,9 @@
 # next ones still run; the exit status is 1 when any failed):
 #   1. the CUDA tests: python -m pytest -q -m cuda --continue-on-collection-errors tests
 #   2. throughput: benchmarks/throughput.py --device cuda with --precision fp32 and bf16, one
-#      update epoch of MPT_KL and ELODI's ensemble forward (--ensemble)
+#      update epoch of MPT_KL and ELODI's ensemble forward (--ensemble); image-folder loading
+#      (benchmarks/folder_loading.py: generated JPEGs, 1 to 8 loader workers, against ResNet-18's
+#      and ResNet-50's training rate: whether --workers' default feeds the GPU)
 #   3. a fidelity study of the precision modes on CIFAR-10 (5 old -> 10 classes, ResNet-18):
 #      old and new reference models trained once (fp32, seed 42), then No_Treatment and MPT_KL
 #      (b = B) with --precision fp32 and bf16 for each seed: a table of mean +- sample std of
@@ -186,6 +188,12 @@ if [[ $stages == *" bench "* ]]; then
         stage "bench-ensemble-$precision" "$py" benchmarks/throughput.py --device cuda --precision "$precision" \
             --ensemble ${bench_flags[@]+"${bench_flags[@]}"}
         code_block "$logs/bench-ensemble-$precision.log" 8
+    done
+    note "" "Image-folder loading (ImageNet-sized JPEGs, RandomResizedCrop 224 + flip) per training process," \
+         "against the model's training rate; the last line says which limits at --workers' default."
+    for arch in resnet18 resnet50; do
+        stage "loading-$arch" "$py" benchmarks/folder_loading.py --device cuda --arch "$arch" --dir "$out/jpegs"
+        code_block "$logs/loading-$arch.log" 8
     done
 fi
 

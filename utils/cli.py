@@ -5,6 +5,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 import yaml
 
 from methods import (
+    HyperparameterError,
     all_hyperparameters,
     declared_defaults,
     get_method,
@@ -51,6 +53,20 @@ FOLDER_RECIPE = ("folder: a user's images, DIR/train/<class>/ and DIR/val/<class
 def arch_defaults(arch: str) -> dict:
     """The defaults an architecture implies: a ViT's 224-pixel input."""
     return ARCH_DEFAULTS.get(arch) or ({"image_size": 224} if vit_patch(arch) else {})
+
+
+# --workers' default never exceeds this: past it, more processes feed a GPU no faster.
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """Loader workers per training process: the CPUs this process may use (its affinity, e.g. a
+    SLURM allocation), shared among the training processes of its node (torchrun's
+    LOCAL_WORLD_SIZE), one kept for each training process itself; at least 1, at most
+    MAX_DEFAULT_WORKERS."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(MAX_DEFAULT_WORKERS, per_process - 1))
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -105,7 +121,10 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="chooses the --val-fraction hold-out; independent of --seed, so that runs over "
                         "several seeds, and the reference models, share one split")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
-    p.add_argument("--workers", type=int, default=4, help="data-loader processes (PIL pipeline and imagenet)")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="data-loader processes per training process (PIL pipeline and image folders); the "
+                        "default is the CPUs this process may use shared among the node's training processes, "
+                        f"one left for each of them, at most {MAX_DEFAULT_WORKERS}; on this machine")
     p.add_argument("--data-pipeline", default="tensor", choices=["tensor", "pil"],
                    help="tensor: data set on the device, batches augmented there; pil: the official per-image DataLoader")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
@@ -114,10 +133,23 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true",
                    help="cuDNN autotuning (non-deterministic); the default is the official deterministic mode")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained model")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="with several GPUs, BatchNorm normalises by each GPU's own share of the batch (faster; "
+                        "timm's and DeiT's default) instead of the global batch's statistics (SyncBatchNorm: "
+                        "one-GPU numerics, the default)")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, metavar="K",
+                   help="raise the learning rate linearly, step by step, from 0 to its schedule's value over "
+                        "the first K epochs (for a larger global batch with a scaled --lr)")
+    p.add_argument("--dist-timeout", type=float, default=30.0, metavar="MINUTES",
+                   help="under torchrun: how long a process waits for the others (start-up, a slow rank) "
+                        "before the job fails")
     p.add_argument("--eval-batch-size", type=int, default=1024)
     p.add_argument("--log-every", type=int, default=50, help="read the loss from the device every N steps")
     p.add_argument("--output-dir", metavar="DIR", help="run folder (default: runs/<role>/<settings>-<hash>)")
     p.add_argument("--save", metavar="PATH", help="where the trained model's checkpoint goes")
+    p.add_argument("--save-every-steps", type=int, default=0, metavar="N",
+                   help="also save the resumable state every N steps inside an epoch (0: after each epoch only), "
+                        "so that a preempted run loses at most N steps")
     p.add_argument("--resume", nargs="?", const="yes", default="no", choices=["no", "yes", "auto"],
                    metavar="auto",
                    help="--resume: continue the run saved in --output-dir (an error where none is); "
@@ -197,13 +229,11 @@ def method_record(args) -> dict:
 
 def method_from_args(args):
     """The loss of ``args.method`` built with its hyperparameters as ``take_method_flags`` left
-    them on ``args``, each checked against its Option."""
-    values = {param: getattr(args, param) for param in declared_defaults(args.method)}
-    for param, value in values.items():
-        problem = option(args.method, param).check(value)
-        if problem:
-            raise UserError(f"{flag(param)} {problem}, got {value}")
-    return get_method(args.method, **values)
+    them on ``args``; a value out of range names its flag."""
+    try:
+        return get_method(args.method, **{param: getattr(args, param) for param in declared_defaults(args.method)})
+    except HyperparameterError as err:
+        raise UserError(f"{flag(err.param)} {err.problem}, got {err.value}") from None
 
 
 def update_parser(description: str) -> argparse.ArgumentParser:
@@ -365,6 +395,11 @@ def validate(args):
                  f"--old-data-fraction must lie in (0, 1], got {args.old_data_fraction}")
     _require(args.log_every > 0, f"--log-every must be positive, got {args.log_every}")
     _require(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
+    _require(args.save_every_steps >= 0, f"--save-every-steps must be >= 0, got {args.save_every_steps}")
+    _require(math.isfinite(args.warmup_epochs) and 0 <= args.warmup_epochs <= args.epochs,
+             f"--warmup-epochs must lie in [0, --epochs {args.epochs}], got {args.warmup_epochs}")
+    _require(math.isfinite(args.dist_timeout) and args.dist_timeout > 0,
+             f"--dist-timeout must be a positive number of minutes, got {args.dist_timeout}")
     if "method" in vars(args):  # main.py's own flags
         _require(args.method in method_names(),
                  f"unknown method {args.method!r}; choose one of: {', '.join(method_names())}")

@@ -114,6 +114,16 @@ def load_dataset(name: str, root: str | os.PathLike, download: bool = True, clas
     return data
 
 
+def fetch_dataset(name: str, root: str | os.PathLike):
+    """Download CIFAR in torchvision's format into ``root`` where neither its files nor image
+    folders are there (a no-op for the other data sets and for data already in place)."""
+    root = Path(root)
+    # Anything else already at root (image folders, a file) is load_dataset's to check.
+    in_place = root.is_file() or any((root / split).is_dir() for split in ("train", "test"))
+    if name in ("cifar10", "cifar100") and not in_place and not cifar_folder(name, root).is_dir():
+        _download_cifar(name, root, download=True)
+
+
 def _load_image_folders(name: str, root: Path) -> TensorDataset:
     classes = class_folders(root / "train", root / "test")
     return TensorDataset(name, classes, _read_split(root / "train", classes), _read_split(root / "test", classes))

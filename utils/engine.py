@@ -133,24 +133,97 @@ def min_share(net: nn.Module) -> int:
     return 2 if per_process else 1
 
 
+class EpochSums:
+    """One epoch's running sums on the device, read only at log points: the loss and each term
+    summed over samples, training errors, samples seen. A save inside the epoch keeps them
+    (``snapshot``: summed over the processes) so that a resumed epoch ends with the same means."""
+
+    def __init__(self, device: torch.device, snapshot: dict | None = None):
+        self.device, self.names, self.sums = device, None, None
+        self.errors = torch.zeros((), device=device, dtype=torch.int64)
+        self.seen = 0
+        if snapshot is not None and is_main():  # the other processes' shares are in rank 0's totals
+            self.names = snapshot["names"]
+            self.sums = torch.tensor(snapshot["sums"], device=device, dtype=torch.float64)
+            self.errors += snapshot["errors"]
+            self.seen = snapshot["seen"]
+
+    def add(self, names: list, values: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor):
+        """``values``: the step's loss then its terms (mean over the step's samples)."""
+        if self.sums is None:
+            self.names = names
+            self.sums = torch.zeros(len(values), device=self.device, dtype=torch.float64)
+        self.sums += values * len(targets)
+        self.errors += (logits.argmax(1) != targets).sum()
+        self.seen += len(targets)
+
+    def _totals(self) -> list:
+        width = 1 + len(self.names or [])
+        sums = self.sums if self.sums is not None else torch.zeros(width, device=self.device, dtype=torch.float64)
+        seen = torch.tensor(float(self.seen), device=self.device, dtype=torch.float64)
+        return all_reduce_sum(torch.cat([sums, torch.stack([self.errors.double(), seen])])).tolist()
+
+    def snapshot(self) -> dict:
+        *sums, errors, seen = self._totals()
+        return {"names": self.names, "sums": sums, "errors": int(errors), "seen": int(seen)}
+
+    def means(self) -> dict:
+        *sums, errors, seen = self._totals()
+        return {"loss": sums[0] / seen, "train_er": 100.0 * errors / seen,
+                "terms": {name: v / seen for name, v in zip(self.names, sums[1:])}}
+
+
+class NonFiniteWatch:
+    """The first step of an epoch whose loss is not finite, kept on the device with its loss
+    terms and the teachers' largest |logit| (no host sync in the step); ``check``, at log points
+    and by all processes together, raises ``NonFiniteLoss`` with those facts."""
+
+    def __init__(self, device: torch.device):
+        self.first = torch.full((), -1, device=device, dtype=torch.int64)
+        self.values = None
+
+    def watch(self, step: int, values: torch.Tensor):
+        if self.values is None:
+            self.values = torch.zeros_like(values)
+        is_first = ~torch.isfinite(values[0]) & (self.first < 0)
+        self.values = torch.where(is_first, values, self.values)
+        self.first.masked_fill_(is_first, step)  # a Python scalar fill: no host-to-device copy
+
+    def check(self, epoch: int, terms: list, teachers: list):
+        # Decided by all ranks together: a rank that stopped alone would leave the others
+        # waiting for it in the next gradient all-reduce.
+        if all_reduce_sum((self.first >= 0).to(torch.int64)).item() == 0:
+            return
+        step, values = int(self.first.item()), self.values.tolist()
+        raise NonFiniteLoss(epoch, step if step >= 0 else None, dict(zip(terms, values[1:1 + len(terms)])),
+                            dict(zip(teachers, values[1 + len(terms):])))
+
+
 def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch: int, *,
-                    precision: str = "fp32", log_every: int = 50) -> dict:
-    """One pass over ``loader`` with the loss ``loss_fn`` (a method, methods.Method); returns the
-    mean loss, the training error and the mean of each loss term. Each process's loss is weighted
-    by its share of the step's global batch (``loader.plan.loss_weight``), so that DDP's average of
-    the processes' gradients is the gradient of the global batch's mean loss. Everything is summed
-    on the device and read every ``log_every`` steps, so a step never waits for the host. The
-    first non-finite step keeps its terms and the teachers'
-    largest |logit| on the device, for the error's advice."""
+                    precision: str = "fp32", log_every: int = 50, lr_scale=None, first_step: int = 0,
+                    snapshot: dict | None = None, save_every: int = 0, save=None) -> dict:
+    """One pass over ``loader`` (from step ``first_step``, with the sums ``snapshot`` of the
+    steps before it) with the loss ``loss_fn`` (a method, methods.Method); returns the mean
+    loss, the training error and the mean of each loss term.
+
+    Each process's loss is weighted by its share of the step's global batch
+    (``loader.plan.loss_weight``), so that DDP's average of the processes' gradients is the
+    gradient of the global batch's mean loss. ``lr_scale(step)``: the learning rate's factor in
+    a step (warm-up). Every ``save_every`` steps ``save(step, snapshot)`` is called (a save
+    inside the epoch). Sums stay on the device and are read every ``log_every`` steps, so a step
+    never waits for the host; the first non-finite step is reported with its facts
+    (``NonFiniteWatch``)."""
     model.train()
     device = next(model.parameters()).device
     wanted = loss_fn.references_at(epoch)
-    names, sums, bad_values = None, None, None
-    errors = torch.zeros((), device=device, dtype=torch.int64)
-    first_bad = torch.full((), -1, device=device, dtype=torch.int64)
-    seen = 0
-    bar = progress(loader, desc=f"epoch {epoch}", total=len(loader))
-    for step, (x, y) in enumerate(bar):
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    sums, watch = EpochSums(device, snapshot), NonFiniteWatch(device)
+    steps = len(loader)
+    bar = progress(loader, desc=f"epoch {epoch}", total=steps, initial=first_step)
+    for step, (x, y) in enumerate(bar, start=first_step):
+        if lr_scale is not None:
+            for group, lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = lr * lr_scale(step)
         teacher_logits = teachers(x, precision, wanted)
         with autocast(device, precision):
             logits = model(x)
@@ -164,38 +237,25 @@ def train_one_epoch(model, loader, optimizer, loss_fn, teachers: Teachers, epoch
         # One vector per step: the loss, its terms, then each teacher's largest |logit|.
         values = torch.stack([loss.detach(), *(t.detach() for t in terms.values()),
                               *(z.abs().amax() for z in teacher_logits.values())])
-        if names is None:
-            names = list(terms)
-            sums = torch.zeros(1 + len(names), device=device, dtype=torch.float64)
-            bad_values = torch.zeros_like(values)
-        is_first_bad = ~torch.isfinite(values[0]) & (first_bad < 0)
-        bad_values = torch.where(is_first_bad, values, bad_values)
-        # A Python scalar fill: no host-to-device copy (and so no sync) in the step.
-        first_bad.masked_fill_(is_first_bad, step)
-        sums += values[:1 + len(names)] * len(y)
-        errors += (logits.detach().argmax(1) != y).sum()
-        seen += len(y)
-        if (step + 1) % log_every == 0 or step + 1 == len(loader):
-            # Decided by all ranks together: a rank that stopped alone would leave the others
-            # waiting for it in the next gradient all-reduce.
-            if all_reduce_sum((first_bad >= 0).to(torch.int64)).item() > 0:
-                bad_step = int(first_bad.item())
-                bad = bad_values.tolist()
-                teacher_names = [k.removesuffix("_logits") for k in teacher_logits]
-                raise NonFiniteLoss(epoch, bad_step if bad_step >= 0 else None,
-                                    dict(zip(names, bad[1:1 + len(names)])),
-                                    dict(zip(teacher_names, bad[1 + len(names):])))
-            bar.set_postfix(loss=f"{sums[0].item() / seen:.4f}")
-    totals = all_reduce_sum(torch.cat([sums, torch.stack([errors.double(),
-                                       torch.tensor(float(seen), device=device, dtype=torch.float64)])]))
-    *term_sums, error_total, seen_total = totals.tolist()
-    return {"loss": term_sums[0] / seen_total, "train_er": 100.0 * error_total / seen_total,
-            "terms": {name: v / seen_total for name, v in zip(names, term_sums[1:])}}
+        watch.watch(step, values)
+        sums.add(list(terms), values[:1 + len(terms)], logits.detach(), y)
+        last = step + 1 == steps
+        saving = save is not None and save_every and (step + 1) % save_every == 0 and not last
+        if (step + 1) % log_every == 0 or last or saving:
+            watch.check(epoch, list(terms), [k.removesuffix("_logits") for k in teacher_logits])
+            bar.set_postfix(loss=f"{sums.sums[0].item() / max(sums.seen, 1):.4f}")
+        if saving:
+            save(step, sums.snapshot())
+    for group, lr in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = lr  # the schedule's own value, from which it takes its next step
+    return sums.means()
 
 
 @torch.inference_mode()
 def predict(model, batches) -> torch.Tensor:
     """Plain fp32 logits of ``model`` over an iterable of (images, targets) batches, on the CPU:
-    scoring is never autocast (NFR counts argmax flips, which rounding at near-ties moves)."""
+    scoring is never autocast (NFR counts argmax flips, which rounding at near-ties moves). No
+    batch (an empty shard: fewer rows than processes) gives a (0, 0) tensor."""
     model.eval()
-    return torch.cat([model(x).float().cpu() for x, _ in batches])
+    logits = [model(x).float().cpu() for x, _ in batches]
+    return torch.cat(logits) if logits else torch.empty(0, 0)

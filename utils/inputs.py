@@ -186,9 +186,10 @@ class BatchPlan:
     def global_size(self, step: int) -> int:
         return min(self.batch_size, self.used - step * self.batch_size)
 
-    def shares(self, order: torch.Tensor):
-        """This process's samples of every step, cut from ``order`` (the epoch's permutation)."""
-        for start in range(0, self.used, self.batch_size):
+    def shares(self, order: torch.Tensor, first_step: int = 0):
+        """This process's samples of every step from ``first_step`` on, cut from ``order`` (the
+        epoch's permutation)."""
+        for start in range(first_step * self.batch_size, self.used, self.batch_size):
             yield order[start:start + self.batch_size][self.rank::self.world]
 
     def loss_weight(self, step: int) -> float:
@@ -227,10 +228,11 @@ class TrainLoader:
         self.data, self.seed = data, seed
         self.normalize, self.augment = normalize, augment
         self.plan = BatchPlan(len(data), batch_size, rank, world_size, min_share)
-        self.epoch = 0
+        self.epoch, self.first_step = 0, 0
 
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, first_step: int = 0):
+        """The epoch the next pass draws, starting at its step ``first_step`` (a resumed epoch)."""
+        self.epoch, self.first_step = epoch, first_step
 
     def __len__(self):
         return len(self.plan)
@@ -248,7 +250,7 @@ class TrainLoader:
     def __iter__(self):
         device = self.data.images.device
         order, dy, dx, flip = (t.to(device) for t in self.epoch_randomness())
-        for idx in self.plan.shares(order):
+        for idx in self.plan.shares(order, self.first_step):
             images = self.data.images[idx]
             if self.augment:
                 images = random_crop_flip(images, dy[idx], dx[idx], flip[idx])
@@ -293,14 +295,14 @@ class SeededBatches:
     (seed, epoch))."""
 
     def __init__(self, plan: BatchPlan, seed: int):
-        self.plan, self.seed, self.epoch = plan, seed, 0
+        self.plan, self.seed, self.epoch, self.first_step = plan, seed, 0, 0
 
     def __len__(self):
         return len(self.plan)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        for share in self.plan.shares(torch.randperm(self.plan.n, generator=g)):
+        for share in self.plan.shares(torch.randperm(self.plan.n, generator=g), self.first_step):
             yield [(self.seed, self.epoch, i) for i in share.tolist()]
 
 
@@ -319,8 +321,9 @@ class SeededLoader:
                                  persistent_workers=workers > 0, pin_memory=self.device.type == "cuda",
                                  generator=torch.Generator())
 
-    def set_epoch(self, epoch: int):
-        self.batches.epoch = epoch
+    def set_epoch(self, epoch: int, first_step: int = 0):
+        """The epoch the next pass draws, starting at its step ``first_step`` (a resumed epoch)."""
+        self.batches.epoch, self.batches.first_step = epoch, first_step
 
     def __len__(self):
         return len(self.plan)
@@ -346,7 +349,8 @@ class Inputs:
     """What a run feeds its models in this process; every pipeline implements it.
 
     ``train_loader``: this rank's share of each (augmented, normalised) training batch, with
-    ``len()``, ``set_epoch(epoch)`` and its ``plan`` (a ``BatchPlan``); ``min_share``: the fewest
+    ``len()`` (the epoch's steps), ``set_epoch(epoch, first_step=0)`` and its ``plan`` (a
+    ``BatchPlan``); ``min_share``: the fewest
     samples a process may get in a step; ``eval_batches(split)``: the unaugmented batches of this
     rank's strided shard of a split (rows rank, rank + world, ...), which
     ``utils.distributed.gather_rows`` puts back in order; ``targets[split]``: the whole split's

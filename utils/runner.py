@@ -30,7 +30,15 @@ from utils.checkpoint import (
     reference_record,
     remove_stale_temporaries,
 )
-from utils.data import Dataset, input_spec, load_dataset, num_old_classes, old_data_subset, validation_split
+from utils.data import (
+    Dataset,
+    fetch_dataset,
+    input_spec,
+    load_dataset,
+    num_old_classes,
+    old_data_subset,
+    validation_split,
+)
 from utils.device import fast_teachers, prefers_channels_last, setup_device
 from utils.engine import NonFiniteLoss, Teachers, build_teachers, min_share, prepare_teacher, progress, train_one_epoch
 from utils.errors import UserError, warn
@@ -102,7 +110,7 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
     final metrics. Under torchrun every rank runs this; rank 0 alone writes."""
     try:
         device = setup_device(args.device, args.fast)
-        rank, world = dist.init(device)
+        rank, world = dist.init(device, args.dist_timeout)
         out_dir = Path(args.output_dir)
         # Every input is checked and read before the first write (the output folder is created
         # after the reference models are loaded), so that a failing command leaves an existing
@@ -152,9 +160,10 @@ def load_data(args, role: str) -> RunData:
     """The data set, less the --val-fraction hold-out (chosen on the whole training set, so that
     every model of an experiment holds out the same images); the old model sees only the old
     classes and, with --old-data-fraction, only that share of their remaining training images."""
-    with dist.main_first():  # rank 0 downloads CIFAR when it is absent; the others wait, then read its copy
-        data = load_dataset(args.dataset, args.data_root, download=dist.is_main(),
-                            classes=getattr(args, "classes", None))
+    # Only a download waits behind the first process; data already in place is read by every
+    # process at once.
+    dist.once_per_node(lambda: fetch_dataset(args.dataset, args.data_root))
+    data = load_dataset(args.dataset, args.data_root, download=False, classes=getattr(args, "classes", None))
     classes, num_classes = list(data.classes), data.num_classes
     num_old = num_old_classes(num_classes, args.old_fraction)
     held, split = validation_split(data.train.targets, args.val_fraction, args.split_seed)
@@ -200,7 +209,7 @@ def build_model(args, head_size: int, device: torch.device, world: int) -> nn.Mo
         model.reset_head()
         model.backbone.requires_grad_(False)
     model = model.to(device)
-    if world > 1 and device.type == "cuda":
+    if world > 1 and device.type == "cuda" and args.sync_bn:
         # BatchNorm statistics over the global batch, as in one process (needs NCCL/CUDA).
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if prefers_channels_last(device):
@@ -282,10 +291,11 @@ def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer
             net, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         train_model = torch.compile(train_model)
-    start_epoch, history = 0, []
+    start_epoch, history, in_epoch = 0, [], None
     if state is not None:
-        start_epoch, history = restore(state, device, model, optimizer, scheduler)
+        start_epoch, history, in_epoch = restore(state, device, model, optimizer, scheduler)
     loader, scores = inputs.train_loader, None
+    steps = len(loader)
     dropped = loader.plan.dropped
     if dropped and dist.is_main():
         print(f"note: the last {dropped} of the {loader.plan.n} training samples of every epoch (different "
@@ -293,10 +303,22 @@ def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer
               f"for {world} process(es) x {loader.plan.min_share} sample(s) each", file=sys.stderr, flush=True)
     for epoch in progress(range(start_epoch, args.epochs), desc=role, unit="epoch"):
         t0 = time.time()
-        loader.set_epoch(epoch)
+        # A state saved inside this epoch (--save-every-steps): its batches are a function of
+        # (seed, epoch), so the epoch continues at the step after the saved one.
+        first_step, snapshot = (in_epoch["step"] + 1, in_epoch["sums"]) if in_epoch else (0, None)
+        in_epoch = None
+        loader.set_epoch(epoch, first_step)
+
+        def save_inside(step, sums, epoch=epoch):
+            if dist.is_main():
+                save_state(out_dir, args, device, model, optimizer, scheduler, epoch - 1, history,
+                           in_epoch={"epoch": epoch, "step": step, "sums": sums})
+
         try:
             stats = train_one_epoch(train_model, loader, optimizer, loss_fn, teachers, epoch,
-                                    precision=args.precision, log_every=args.log_every)
+                                    precision=args.precision, log_every=args.log_every,
+                                    lr_scale=warmup(args.warmup_epochs, epoch, steps), first_step=first_step,
+                                    snapshot=snapshot, save_every=args.save_every_steps, save=save_inside)
         except NonFiniteLoss as err:
             raise UserError(non_finite_message(err, out_dir, history, args, len(loader), loss_fn,
                                                scorer.inputs.targets["test"])) from None
@@ -311,6 +333,15 @@ def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer
             save_state(out_dir, args, device, model, optimizer, scheduler, epoch, history)
             tqdm.write(summary_line(role, record, args.epochs))  # above the progress bars
     return scores if scores is not None else scorer(net)  # resumed after the last epoch
+
+
+def warmup(epochs: float, epoch: int, steps: int):
+    """--warmup-epochs: the learning rate's factor in each step of ``epoch`` (``steps`` a
+    epoch), rising linearly from 1 / (epochs * steps) to 1 over the first ``epochs`` epochs;
+    None where the epoch has no warm-up."""
+    if epoch >= epochs:
+        return None
+    return lambda step: min(1.0, (epoch * steps + step + 1) / (epochs * steps))
 
 
 def summary_line(role: str, record: dict, epochs: int) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # Flags that do not change what a run computes: left out of the run's identity.
 NOT_IDENTITY = {"config", "output_dir", "device", "workers", "resume", "log_every", "save",
-                "eval_batch_size", "save_logits", "command"}
+                "eval_batch_size", "save_logits", "command", "dist_timeout", "save_every_steps"}
 
 
 def flag(setting: str) -> str:

@@ -40,11 +40,15 @@ def set_rng_state(state: dict, device: torch.device):
         torch.cuda.set_rng_state(cuda, device)
 
 
-def save_state(out_dir: Path, args, device, model, optimizer, scheduler, epoch: int, history: list):
-    """The resumable state after ``epoch``, written atomically, and the log rewritten from it."""
-    atomic_save({"config": run_settings(args), "epoch": epoch, "model": unwrap(model).state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng_state(device), "history": history}, out_dir / STATE_FILE)
+def save_state(out_dir: Path, args, device, model, optimizer, scheduler, epoch: int, history: list,
+               in_epoch: dict | None = None):
+    """The resumable state after ``epoch`` (the last finished one; -1 for none), written
+    atomically, and the log rewritten from it. ``in_epoch``: a state saved inside the next epoch
+    ({"epoch", "step": the last step done, "sums": utils.engine.EpochSums.snapshot()})."""
+    atomic_save({"config": run_settings(args), "epoch": epoch, "in_epoch": in_epoch,
+                 "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "rng": rng_state(device), "history": history},
+                out_dir / STATE_FILE)
     write_log(out_dir, history)
 
 
@@ -76,10 +80,11 @@ def read_state(out_dir: Path, args, required: bool = True) -> dict | None:
     return state
 
 
-def restore(state: dict, device, model, optimizer, scheduler) -> tuple[int, list]:
-    """Continue from a state of ``read_state``; returns (next epoch, history)."""
+def restore(state: dict, device, model, optimizer, scheduler) -> tuple[int, list, dict | None]:
+    """Continue from a state of ``read_state``; returns (next epoch, history, the state saved
+    inside that epoch or None)."""
     unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"], device)
-    return state["epoch"] + 1, state["history"]
+    return state["epoch"] + 1, state["history"], state.get("in_epoch")

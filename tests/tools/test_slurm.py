@@ -4,9 +4,11 @@ records the launch command of a two-node job; a real torchrun trains one epoch a
 one-node, one-process job on the CPU through the same c10d rendezvous flags."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -73,6 +75,7 @@ def test_sbatch_headers_come_before_the_first_command():
     headers = [i for i, line in enumerate(lines) if line.startswith("#SBATCH")]
     assert headers and max(headers) < first_command
     assert "#SBATCH --ntasks-per-node=1" in lines   # one torchrun per node
+    assert {"#SBATCH --requeue", "#SBATCH --signal=B:USR1@300"} <= set(lines)   # preemption and time limit
 
 
 def test_two_node_job_launches_torchrun_with_the_rendezvous_flags(stubs, tmp_path):
@@ -83,13 +86,34 @@ def test_two_node_job_launches_torchrun_with_the_rendezvous_flags(stubs, tmp_pat
     assert launched["argv"] == [
         "--nnodes", "2", "--nproc-per-node", "4", "--rdzv-backend", "c10d",
         "--rdzv-endpoint", "gpu-node-07:24242", "--rdzv-id", "4242",
-        str(REPO / "main.py"), "--epochs", "1", "--device", "cpu"]
+        str(REPO / "main.py"), "--epochs", "1", "--device", "cpu", "--resume", "auto"]
     assert launched["omp"] == "8"          # 32 CPUs of the task over 4 processes
     assert launched["cwd"] == str(REPO)
     srun = (log / "srun.args").read_text().split()
     assert {"--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"} <= set(srun)
     assert "--cpus-per-task=32" in srun    # srun does not inherit it from sbatch
     assert "gpu-node-07:24242" in proc.stdout
+
+
+def test_the_time_limit_signal_requeues_the_job_and_the_run_goes_on(stubs, tmp_path):
+    """SIGUSR1 (SLURM's warning before the time limit) while srun runs: the script asks scontrol to
+    requeue its job and still reports srun's own exit status."""
+    bin_dir, log = stubs
+    (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\n'
+                                      '[ "$1" = requeue ] && { echo "$*" > "$STUB_LOG/requeue"; exit 0; }\n'
+                                      'printf "%s\\n" $STUB_HOSTS\n')
+    (bin_dir / "torchrun").write_text("#!/usr/bin/env bash\nsleep 2\nexit 3\n")
+    env = {**script_env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "STUB_LOG": str(log),
+           "STUB_HOSTS": "n1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "n1",
+           "SLURM_SUBMIT_DIR": str(REPO), "TORCHRUN": "torchrun", "GPUS_PER_NODE": "1"}
+    proc = subprocess.Popen(["bash", str(SBATCH)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=30)
+    assert (log / "requeue").read_text().split() == ["requeue", "4242"]
+    assert "requeueing job 4242" in out
+    assert proc.returncode == 3, err
 
 
 def launched_endpoint(stubs, tmp_path, **env) -> str:
@@ -121,7 +145,8 @@ def test_script_port_and_gpu_count_come_from_the_environment(stubs, tmp_path):
     argv = json.loads((stubs[1] / "torchrun.json").read_text())["argv"]
     assert argv[argv.index("--nproc-per-node") + 1] == "2"
     assert argv[argv.index("--rdzv-endpoint") + 1] == "gpu-node-07:29611"
-    assert argv[-3:] == [str(REPO / "train_old_model.py"), "--config", "configs/imagenet_resnet18.yaml"]
+    assert argv[-5:] == [str(REPO / "train_old_model.py"), "--config", "configs/imagenet_resnet18.yaml",
+                         "--resume", "auto"]
 
 
 @pytest.mark.parametrize("env, message", [

@@ -1,10 +1,14 @@
-"""The lean teachers: ELODI's ensemble as one vmapped computation, and BatchNorm folding."""
+"""The lean teachers (ELODI's ensemble as one vmapped computation, BatchNorm folding) and one
+training epoch in one process: its mean loss and error, its first non-finite step, warm-up."""
 import pytest
 import torch
 from torch import nn
 
 from conftest import busy_batchnorm_model
-from utils.engine import EnsembleMean, Teachers, fold_batchnorm, prepare_teacher
+from methods import get_method
+from utils.engine import EnsembleMean, NonFiniteLoss, Teachers, fold_batchnorm, prepare_teacher, train_one_epoch
+from utils.inputs import ImageSet, TrainLoader, no_transform
+from utils.runner import warmup
 
 
 def member(seed: int, num_classes: int = 10, arch: str = "resnet18") -> nn.Module:
@@ -73,3 +77,54 @@ def test_prepared_teachers_fold_and_batch_together():
     with torch.inference_mode():
         torch.testing.assert_close(EnsembleMean(prepared, batched=True)(x), EnsembleMean(raw)(x),
                                    atol=1e-4, rtol=0)
+
+
+# --- train_one_epoch, in one process --------------------------------------------------------
+def feature_loader(features: torch.Tensor, targets: torch.Tensor, batch_size: int = 8) -> TrainLoader:
+    """Shuffled unaugmented batches of ``features`` (as the --freeze-backbone cache feeds a head)."""
+    return TrainLoader(ImageSet(features, targets), batch_size, seed=3, normalize=no_transform, augment=False)
+
+
+def linear_problem(n: int = 30, dims: int = 5, classes: int = 4):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, dims, generator=g), torch.randint(0, classes, (n,), generator=g), nn.Linear(dims, classes)
+
+
+def test_an_epoch_reports_the_mean_loss_and_training_error_over_its_samples():
+    """At lr 0 the model stays fixed, so the epoch's mean loss and error are those of the whole
+    set: 30 samples in batches of 8, 8, 8, 6 (the short last batch weighs 6 / 30)."""
+    x, y, model = linear_problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats = train_one_epoch(model, feature_loader(x, y), optimizer, get_method("No_Treatment"), Teachers(), 0,
+                            log_every=2)
+    with torch.no_grad():
+        logits = model(x)
+    assert stats["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    assert stats["terms"]["ce"] == pytest.approx(stats["loss"], rel=1e-12)
+    assert stats["train_er"] == pytest.approx(100.0 * (logits.argmax(1) != y).float().mean().item())
+
+
+def test_the_first_non_finite_step_is_named_with_its_terms():
+    x, y, model = linear_problem()
+    loader = feature_loader(x, y)
+    order = loader.epoch_randomness()[0]
+    x[order[19]] = float("nan")    # the 20th sample of the epoch: step 2 (0-based) in batches of 8
+    with pytest.raises(NonFiniteLoss) as err:
+        train_one_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), get_method("No_Treatment"),
+                        Teachers(), 0, log_every=100)
+    assert (err.value.epoch, err.value.step) == (0, 2)
+    assert list(err.value.terms) == ["ce"] and not torch.isfinite(torch.tensor(err.value.terms["ce"]))
+
+
+def test_warm_up_scales_each_step_and_leaves_the_schedule_its_own_rate():
+    x, y, model = linear_problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.4)
+    used = []
+    optimizer.register_step_pre_hook(lambda opt, *_: used.append(opt.param_groups[0]["lr"]))
+    loader = feature_loader(x, y)   # 4 steps an epoch
+    for epoch in (0, 1):
+        train_one_epoch(model, loader, optimizer, get_method("No_Treatment"), Teachers(), epoch,
+                        lr_scale=warmup(1.5, epoch, len(loader)))
+        assert optimizer.param_groups[0]["lr"] == 0.4
+    assert used == pytest.approx([0.4 * k / 6 for k in range(1, 7)] + [0.4, 0.4])
+    assert warmup(1.5, 2, 4) is None and warmup(0, 0, 4) is None

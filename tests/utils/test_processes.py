@@ -2,6 +2,8 @@
 the one-line error where a node has fewer GPUs than processes), the process group bound to that
 GPU, progress bars on rank 0 only, the fewest samples a step may give a process, and a user
 error printed by rank 0 at once, by another rank only after torchrun had time to stop it."""
+import datetime
+
 import pytest
 import torch
 from torch import nn
@@ -50,7 +52,7 @@ def test_no_gpu_at_all_is_a_user_error(node):
         local_gpu()
 
 
-def test_the_process_group_is_bound_to_the_process_gpu(monkeypatch):
+def test_the_process_group_is_bound_to_the_process_gpu_with_the_timeout_given(monkeypatch):
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(utils.distributed.dist, "is_initialized", lambda: False)
@@ -58,9 +60,10 @@ def test_the_process_group_is_bound_to_the_process_gpu(monkeypatch):
     monkeypatch.setattr(utils.distributed.dist, "get_rank", lambda: 1)
     monkeypatch.setattr(utils.distributed.dist, "get_world_size", lambda: 2)
     gpu = torch.device("cuda", 1)
-    assert utils.distributed.init(gpu) == (1, 2)
-    assert utils.distributed.init(torch.device("cpu")) == (1, 2)
-    assert calls == [(("nccl",), {"device_id": gpu}), (("gloo",), {})]
+    assert utils.distributed.init(gpu, timeout_minutes=5) == (1, 2)
+    assert utils.distributed.init(torch.device("cpu"), timeout_minutes=0.5) == (1, 2)
+    assert calls == [(("nccl",), {"device_id": gpu, "timeout": datetime.timedelta(minutes=5)}),
+                     (("gloo",), {"timeout": datetime.timedelta(seconds=30)})]
 
 
 @pytest.mark.parametrize("main, shown", [(True, True), (False, False)])

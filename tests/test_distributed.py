@@ -13,6 +13,7 @@ other tests check that a whole-model ImageNet-folder run completes with rank 0 a
 and that a user error stops every rank with exit code 2, printed once.
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -37,7 +38,8 @@ from conftest import (
 )
 from methods import get_method
 from utils.engine import Teachers, train_one_epoch
-from utils.inputs import ImageSet, TrainLoader, no_transform
+from utils.evaluation import split_logits
+from utils.inputs import ImageSet, TensorInputs, TrainLoader, no_transform
 from utils.runner import load_data
 
 pytestmark = pytest.mark.slow   # every test here starts processes
@@ -222,6 +224,42 @@ def test_rank_0_alone_downloads_cifar_and_the_others_read_its_copy(tmp_path):
     spawn(load_data_on_rank, tmp_path, str(root), str(calls))
     assert calls.read_text().split() == ["0"]
     assert [Path(f"{calls}.{rank}").read_text() for rank in range(WORLD)] == ["40"] * WORLD
+
+
+def node_local_download(rank, init_file, roots, calls):
+    """Ranks 0 and 1 on one node, rank 2 alone on another, each node with its own data folder."""
+    os.environ["LOCAL_RANK"] = str([0, 1, 0][rank])
+    load_data_on_rank(rank, init_file, roots[0 if rank < 2 else 1], calls)
+
+
+def test_a_node_local_folder_is_downloaded_once_per_node(tmp_path):
+    roots, calls = [str(tmp_path / "node-a"), str(tmp_path / "node-b")], tmp_path / "calls"
+    spawn(node_local_download, tmp_path, roots, str(calls))
+    assert sorted(calls.read_text().split()) == ["0", "2"]   # the first process of each node
+    assert [Path(f"{calls}.{rank}").read_text() for rank in range(WORLD)] == ["40"] * WORLD
+
+
+def score_two_rows(rank, init_file, out):
+    join_group(rank, init_file)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(FEATURES, CLASSES)
+        rows = feature_set(2)
+        inputs = TensorInputs({"val": rows}, no_transform, None, batch_size=3, eval_batch_size=4, rank=rank,
+                              world=WORLD)
+        logits = split_logits(model, inputs, "val", torch.device("cpu"))
+        torch.save(logits, f"{out}.{rank}")
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_a_split_with_fewer_rows_than_processes_leaves_a_shard_empty(tmp_path):
+    """2 rows over 3 processes: rank 2 scores nothing and every rank gets both rows' logits."""
+    spawn(score_two_rows, tmp_path, str(tmp_path / "logits"))
+    torch.manual_seed(0)
+    expected = torch.nn.Linear(FEATURES, CLASSES)(feature_set(2).images).detach()
+    for rank in range(WORLD):
+        torch.testing.assert_close(torch.load(tmp_path / f"logits.{rank}"), expected)
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ def gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
     width = torch.tensor(local.shape[1], device=local.device)
     dist.all_reduce(width, op=dist.ReduceOp.MAX)
     padded = torch.zeros((per_rank, int(width)), dtype=local.dtype, device=local.device)
-    padded[:len(local)] = local
+    if len(local):  # an empty shard may have no width
+        padded[:len(local)] = local
     parts = [torch.empty_like(padded) for _ in range(w)]
     dist.all_gather(parts, padded)
     out = torch.stack(parts, dim=1).flatten(0, 1)  # row i*W + r comes from rank r

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import utils.cli
 import utils.distributed
 import utils.engine
 import utils.errors
@@ -109,3 +110,10 @@ def test_a_warning_is_printed_by_rank_0_alone(monkeypatch, capsys, world, rank, 
     monkeypatch.setenv("RANK", rank)
     utils.errors.warn("--method PCT_KL takes no --b")
     assert capsys.readouterr().err.splitlines() == (["warning: --method PCT_KL takes no --b"] if printed else [])
+
+
+@pytest.mark.parametrize("cpus, local_world, workers", [(16, 2, 7), (64, 1, 8), (2, 4, 1), (2, 1, 1), (9, 1, 8)])
+def test_default_workers_share_the_cpus_among_the_node_s_processes(monkeypatch, cpus, local_world, workers):
+    monkeypatch.setattr(utils.cli.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+    assert utils.cli.default_workers() == workers

@@ -14,7 +14,8 @@ def build_parser():
 def main(argv=None):
     args = parse(build_parser(), argv, section="new")
     validate(args)
-    args.output_dir = args.output_dir or str(default_output_dir("new", args, f"{args.dataset}-{args.arch}-seed{args.seed}"))
+    name = f"{args.dataset}-{args.arch}-seed{args.seed}"
+    args.output_dir = args.output_dir or str(default_output_dir("new", args, name))
     return run(args, "new")
 
 

@@ -111,7 +111,8 @@ def main():
     nearest = max((w for w in rates if w <= default), default=min(rates))
     fed = rates[nearest] >= trained
     print(f"--workers default here: {default}; with {nearest} worker(s) the "
-          f"{'model on the ' + args.device if fed else 'loader'} is the limit ({rates[nearest]:.0f} loaded vs {trained:.0f} trained "
+          f"{'model on the ' + args.device if fed else 'loader'} is the limit "
+          f"({rates[nearest]:.0f} loaded vs {trained:.0f} trained "
           "images/s)")
 
 

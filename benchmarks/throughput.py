@@ -27,6 +27,7 @@ synchronisation.
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import statistics
 import sys
@@ -181,6 +182,11 @@ def cpu_seconds() -> float:
                                                     (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 
 
+def repeat(teacher, x, precision: str, steps: int) -> list:
+    """``steps`` forward passes of ``teacher`` on ``x``."""
+    return [teacher(x, precision) for _ in range(steps)]
+
+
 def timed(fn, device) -> tuple[float, float]:
     """(wall-clock seconds, CPU seconds) of ``fn()``. On a shared machine the CPU time, the work
     done, varies much less with the other jobs than the wall-clock time does."""
@@ -254,13 +260,13 @@ def epoch_benchmark(args, device):
     train_d, test_d = train.to(device), test.to(device)
     data = {name: (train, test) if name == base else (train_d, test_d) for name in paths}
     walls, cpus, device_peak = {name: [] for name in paths}, {name: [] for name in paths}, {}
-    for name, epoch in paths.items():
+    for epoch in paths.values():
         epoch(warm_train, warm_test)
     # Alternating the paths spreads slow drifts of a shared machine's load over all of them.
     for _ in range(args.repeats):
         for name, epoch in paths.items():
             reset_device_peak(device)
-            wall, cpu = timed(lambda: epoch(*data[name]), device)
+            wall, cpu = timed(functools.partial(epoch, *data[name]), device)
             walls[name].append(wall)
             cpus[name].append(cpu)
             device_peak[name] = max(device_peak.get(name, 0), device_peak_mib(device))
@@ -296,7 +302,7 @@ def ensemble_benchmark(args, device):
     for _ in range(args.repeats):
         for name, teacher in teachers.items():
             reset_device_peak(device)
-            wall, _ = timed(lambda: [teacher(x, precision) for _ in range(args.steps)], device)
+            wall, _ = timed(functools.partial(repeat, teacher, x, precision, args.steps), device)
             times[name].append(wall / args.steps)
             device_peak[name] = max(device_peak.get(name, 0), device_peak_mib(device))
     median = {name: statistics.median(t) for name, t in times.items()}

@@ -127,7 +127,8 @@ def script_command(script: str, *args) -> list[str]:
     return [sys.executable, str(REPO / script), *map(str, args)]
 
 
-def run_script(script: str, *args, cwd=None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_script(script: str, *args, cwd=None, timeout: float = 300,
+               env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python <script> args...`` from the repository, as a user would (``env``: variables
     added to ``script_env()``); returns the completed process (text stdout/stderr, returncode)."""
     return subprocess.run(script_command(script, *args), cwd=cwd or REPO, env={**script_env(), **(env or {})},

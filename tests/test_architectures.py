@@ -79,7 +79,8 @@ def test_pretrained_weights_unavailable_are_an_error(offline_weights, capsys):
     # The run words it for its user: how to fetch the weights, or the flag that goes on without.
     args = SimpleNamespace(arch="resnet18", embed_dim=None, image_size=None, pretrained=True,
                            allow_random_weights=False, freeze_backbone=False, seed=0)
-    with pytest.raises(UserError, match="cannot load the pretrained resnet18.*get_model_weights.*--allow-random-weights"):
+    with pytest.raises(UserError,
+                       match="cannot load the pretrained resnet18.*get_model_weights.*--allow-random-weights"):
         utils.runner.build_model(args, 3, torch.device("cpu"), 1)
 
 

@@ -42,7 +42,8 @@ def test_imagenet_recipe_defaults_apply_only_where_no_flag_is_given(tmp_path):
     a = parsed(config=str(config))  # a config beats the data set's defaults, which still apply
     assert (a.weight_decay, a.lr_schedule) == (0.0005, "step")
     a = parsed()  # CIFAR keeps the official recipe
-    assert (a.weight_decay, a.lr_schedule, a.epochs, a.embed_dim, a.b, a.image_size) == (5e-4, "cosine", 100, None, 4.0, None)
+    assert ((a.weight_decay, a.lr_schedule, a.epochs, a.embed_dim, a.b, a.image_size)
+            == (5e-4, "cosine", 100, None, 4.0, None))
     assert parsed("--arch", "vit_b_32").image_size == 224
     assert "b" not in vars(parsed("--dataset", "imagenet", "--method", "PCT_KL"))  # a b only for MPT
 

@@ -19,6 +19,11 @@ TOP_CONFUSIONS = 10
 SAMPLES_SHOWN = 24
 
 
+def class_name(names: list, index: int) -> str:
+    """The name of class ``index``, or its number where the run records no names."""
+    return str(names[index]) if index < len(names) else str(index)
+
+
 def draw_all(report: dict, runs: list[dict], shared: list[int], table: dict, images, out: Path):
     """Every figure the report calls for (see tools/flips.py) into the folder ``out``."""
     colours = group_colours(report["groups"])
@@ -130,10 +135,10 @@ def plot_top_confusions(entries: list[dict], runs: list[dict], colours: dict, ou
     for ax, e, run in zip(axes.flat, entries, runs):
         ranked = sorted(e["flip_to"], key=lambda t: (-t[2], t[0], t[1]))[:TOP_CONFUSIONS]
         names = run["classes"] or []
-        name = lambda c: str(names[c]) if c < len(names) else str(c)  # noqa: E731
         ax.barh(range(len(ranked)), [t[2] for t in ranked], color=colours[e["group"]])
-        ax.set_yticks(range(len(ranked)), [f"{name(r)} -> {name(c)}" + (" (new)" if c >= e["num_old"] else "")
-                                           for r, c, _ in ranked], fontsize=7)
+        ax.set_yticks(range(len(ranked)), [f"{class_name(names, r)} -> {class_name(names, c)}"
+                                           + (" (new)" if c >= e["num_old"] else "") for r, c, _ in ranked],
+                      fontsize=7)
         ax.invert_yaxis()
         ax.set_xlim(0, top * 1.05)
         ax.set_title(f"{e['label']}: {_num(e['flips_to_new_classes'])}% of flips into new classes", fontsize=9)
@@ -161,7 +166,8 @@ def plot_flip_split(entries: list[dict], colours: dict, out: Path):
     # the legend in grey: the bars' colours are the groups'
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor="grey"),
                plt.Rectangle((0, 0), 1, 1, facecolor="grey", hatch="///", edgecolor="white")]
-    ax.legend(handles, ["old -> another old class", "old -> a new class"], loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(entries) < 6 else -0.15),
+    ax.legend(handles, ["old -> another old class", "old -> a new class"], loc="upper center",
+              bbox_to_anchor=(0.5, -0.35 if len(entries) < 6 else -0.15),
               ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     _save(fig, out)
@@ -173,7 +179,7 @@ def plot_margins(entries: list[dict], runs: list[dict], colours: dict, out: Path
     plt = pyplot()
     shown = [(e, r) for e, r in zip(entries, runs) if r["margin"] is not None]
     olds = {}
-    for e, r in shown:
+    for _, r in shown:
         if r["old_margin"] is not None:
             olds.setdefault(r["arrays"]["old_pred"].tobytes(), r["old_margin"])
     values = np.concatenate([r["margin"] for _, r in shown] + list(olds.values()))

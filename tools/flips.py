@@ -578,8 +578,9 @@ def markdown(report: dict, runs: list[dict], confidence: float, resamples: int, 
     out += ["", f"### Runs ({level} percentile bootstrap intervals over the test samples, {resamples} resamples)", ""]
     out += _table(["Run", "C_old", "Old-class samples", "NFR", "Rel-NFR", "ER(Y_old)", "ER(Y_all)", "PFR",
                    "Flips into new classes (%)", *code_column],
-                  ([e["label"], e["num_old"], e["n_old"], _ci(e["nfr"], e["nfr_ci"]), _ci(e["rel_nfr"], e["rel_nfr_ci"]),
-                    _ci(e["er_old"], e["er_old_ci"]), _ci(e["er_all"], e["er_all_ci"]), _num(e["pfr"]),
+                  ([e["label"], e["num_old"], e["n_old"], _ci(e["nfr"], e["nfr_ci"]),
+                    _ci(e["rel_nfr"], e["rel_nfr_ci"]), _ci(e["er_old"], e["er_old_ci"]),
+                    _ci(e["er_all"], e["er_all_ci"]), _num(e["pfr"]),
                     _num(e["flips_to_new_classes"]), *code_cell([e["label"]])] for e in entries))
     undefined = [f"{e['label']} {e['rel_nfr_undefined_resamples']} of {resamples}" for e in entries
                  if e["rel_nfr_undefined_resamples"]]
@@ -679,7 +680,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python -m tools.flips", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of updates (main.py --output-dir)")
-    p.add_argument("--out", required=True, metavar="DIR", help="write flips.json, flips.md, flips.csv and the figures here")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="write flips.json, flips.md, flips.csv and the figures here")
     p.add_argument("--baseline", metavar="RUN", help="compare each run with this one only (a run folder "
                    "as given, or its label); its group is the baseline of the comparisons over seeds")
     p.add_argument("--data-root", metavar="DIR", help="the runs' data set (image folders or torchvision's "

@@ -126,7 +126,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                         "default is the CPUs this process may use shared among the node's training processes, "
                         f"one left for each of them, at most {MAX_DEFAULT_WORKERS}; on this machine")
     p.add_argument("--data-pipeline", default="tensor", choices=["tensor", "pil"],
-                   help="tensor: data set on the device, batches augmented there; pil: the official per-image DataLoader")
+                   help="tensor: data set on the device, batches augmented there; pil: the official per-image "
+                        "DataLoader")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="fp32: the official numerics (PyTorch's default TF32 settings); bf16: autocast of "
                         "the training forward passes (CUDA or CPU). Scoring is always fp32")
@@ -257,7 +258,8 @@ def update_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--new-classes", metavar="FILE",
                    help="the class names of the plain --new-ckpt's head rows, one a line in row order: every "
                         "class of the run, in any order")
-    p.add_argument("--ensemble-dir", default="checkpoint/ensemble_models", help="ELODI members ckpt_0.pth, ckpt_1.pth, ...")
+    p.add_argument("--ensemble-dir", default="checkpoint/ensemble_models",
+                   help="ELODI members ckpt_0.pth, ckpt_1.pth, ...")
     p.add_argument("--ensemble-size", type=int, default=8)
     p.add_argument("--save-logits", action="store_true",
                    help="store the test logits in predictions.npz for more than 100 classes too (up to 100 "
@@ -369,7 +371,8 @@ def validate(args):
     _require(args.batch_size > 0, f"--batch-size must be positive, got {args.batch_size}")
     _require(args.eval_batch_size > 0, f"--eval-batch-size must be positive, got {args.eval_batch_size}")
     _require(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a positive finite number, got {args.lr}")
-    _require(math.isfinite(args.momentum) and 0 <= args.momentum < 1, f"--momentum must lie in [0, 1), got {args.momentum}")
+    _require(math.isfinite(args.momentum) and 0 <= args.momentum < 1,
+             f"--momentum must lie in [0, 1), got {args.momentum}")
     _require(math.isfinite(args.weight_decay) and args.weight_decay >= 0,
              f"--weight-decay must be a non-negative finite number, got {args.weight_decay}")
     _require(math.isfinite(args.val_fraction) and 0 <= args.val_fraction < 1,

@@ -160,10 +160,11 @@ def results_record(role: str, metrics: dict, checkpoint, data, weights: str | No
     the validation split and an old model's share of the images, the kind of experiment
     (``setting``: utils.runner.run_setting), the pretrained weights the model started from, the
     settings, the flags of other methods given to an update (``ignored_flags``: {"--b": 2.0}; not
-    in the settings), an update's method (``method``: utils.cli.method_record), the code and command that made the run (``made_by``: {"code": {"commit",
-    "dirty"} or None, "command": [...]}) and the software and hardware (of ``device``, by
-    default the settings' own); an update's ``references``: where each reference model came from
-    ({"old": utils.checkpoint.reference_record or utils.external.load_external's record, "new": ...})."""
+    in the settings), an update's method (``method``: utils.cli.method_record), the code and
+    command that made the run (``made_by``: {"code": {"commit", "dirty"} or None, "command":
+    [...]}) and the software and hardware (of ``device``, by default the settings' own); an
+    update's ``references``: where each reference model came from ({"old":
+    utils.checkpoint.reference_record or utils.external.load_external's record, "new": ...})."""
     record = {"role": role, **metrics, "checkpoint": str(checkpoint), "num_old": data.num_old,
               "num_classes": data.num_classes, "classes": data.classes, "train_size": len(data.dataset.train),
               "split": data.split}

@@ -52,7 +52,7 @@ def main():
     model = models.get_model(args.arch, num_classes=len(classes))
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     loader = torch.utils.data.DataLoader(train, batch_size=16, shuffle=True)
-    for epoch in range(args.epochs):
+    for _ in range(args.epochs):
         model.train()
         for x, y in loader:
             loss = F.cross_entropy(model(x), y)

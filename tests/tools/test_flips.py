@@ -578,7 +578,7 @@ def test_flipped_samples_from_an_image_folder(tmp_path):
     from PIL import Image
 
     root = tmp_path / "data"
-    for i, (t, name) in enumerate(zip(STUDY_TARGETS, "abcdef" * 2)):
+    for i, t in enumerate(STUDY_TARGETS):
         folder = root / "test" / "abcdef"[t]
         folder.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (32, 32), (20 * i, 0, 0)).save(folder / f"{i:04d}.png")

@@ -41,7 +41,8 @@ def test_an_old_driver_is_named_with_torchs_own_warning(tmp_path_factory, tmp_pa
     (stubs / "sitecustomize.py").write_text(
         "import warnings\nimport torch\n\n"
         "def is_available():\n"
-        "    warnings.warn('CUDA initialization: The NVIDIA driver on your system is too old (found version 11040).\\n'\n"
+        "    warnings.warn('CUDA initialization: The NVIDIA driver on your system is too old '\n"
+        "                  '(found version 11040).\\n'\n"
         "                  'Please update your GPU driver.')\n"
         "    return False\n\n"
         "torch.cuda.is_available = is_available\n")

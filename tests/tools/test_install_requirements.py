@@ -11,7 +11,8 @@ def pip_commands(tmp_path, **env) -> list:
     log = tmp_path / "calls"
     (venv / "bin" / "python").write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
     (venv / "bin" / "python").chmod(0o755)
-    proc = subprocess.run(["bash", str(REPO / "install_requirements.sh")], env={**script_env(), "VENV": str(venv), **env},
+    proc = subprocess.run(["bash", str(REPO / "install_requirements.sh")],
+                          env={**script_env(), "VENV": str(venv), **env},
                           capture_output=True, text=True, timeout=60)
     assert_ok(proc)
     return log.read_text().splitlines()

@@ -152,7 +152,8 @@ def test_script_port_and_gpu_count_come_from_the_environment(stubs, tmp_path):
 @pytest.mark.parametrize("env, message", [
     ({"SLURM_JOB_ID": ""}, "error: no SLURM job; submit this with sbatch"),
     ({"SCRIPT": "evil.py"}, "error: SCRIPT=evil.py; choose main.py, train_old_model.py or train_new_model.py"),
-    ({"SLURM_SUBMIT_DIR": "/nonexistent"}, "error: no main.py in /nonexistent; submit from the repository root or set REPO"),
+    ({"SLURM_SUBMIT_DIR": "/nonexistent"},
+     "error: no main.py in /nonexistent; submit from the repository root or set REPO"),
     ({"SLURM_JOB_ID": "42_7"}, "error: SLURM_JOB_ID=42_7 is not a job number; set RDZV_PORT"),
 ])
 def test_mistakes_get_one_line_and_exit_status_2(stubs, tmp_path, env, message):

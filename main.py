@@ -2,9 +2,9 @@
 ER, NFR and Rel-NFR against the old model every epoch."""
 from pathlib import Path
 
+from methods import method_class
 from utils.cli import (
     default_output_dir,
-    method_from_args,
     method_record,
     parse,
     take_method_flags,
@@ -35,16 +35,16 @@ def main(argv=None):
     args = parse(build_parser(), argv, section="update")
     validate(args)
     ignored_flags = take_method_flags(args)
-    loss_fn = method_from_args(args)
-    ensemble = ensemble_members(args) if "ensemble" in loss_fn.references else []
+    method = method_record(args)   # checked here; the runner builds it, knowing the old classes
+    ensemble = ensemble_members(args) if "ensemble" in method_class(args.method).references else []
     b = getattr(args, "b", None)  # only the methods that take b have it
     name = f"{args.dataset}-{args.arch}-{args.method}{'' if b is None else f'-b{b:g}'}-seed{args.seed}"
     args.output_dir = args.output_dir or str(default_output_dir("update", args, name))
     # Reference models from outside: plain state_dicts, their head rows named by --*-classes.
     external = {role: External(getattr(args, f"{role}_arch"), getattr(args, f"{role}_classes"))
                 for role in ("old", "new") if getattr(args, f"{role}_arch")}
-    return run(args, "update", Mitigation(loss_fn, args.old_ckpt, args.new_ckpt, ensemble, args.save_logits,
-                                          ignored_flags, method_record(args), external))
+    return run(args, "update", Mitigation(method, args.old_ckpt, args.new_ckpt, ensemble, args.save_logits,
+                                          ignored_flags, external))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from methods import get_method, method_names  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.data import num_old_classes  # noqa: E402
-from utils.device import PRECISIONS, fast_teachers, prefers_channels_last, setup_device  # noqa: E402
+from utils.device import PRECISIONS, folds_teachers, prefers_channels_last, setup_device  # noqa: E402
 from utils.engine import EnsembleMean, Teachers, build_teachers, predict, prepare_teacher, train_one_epoch  # noqa: E402
 from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, eval_batches  # noqa: E402
 from utils.metrics import flip_metrics  # noqa: E402
@@ -222,7 +222,7 @@ def setup_baseline(args, device, loss_fn, num_old: int, initial: dict):
 def setup_engine(args, device, loss_fn, num_old: int, initial: dict, test: ImageSet, precision: str):
     """(b) set up as the scripts are (utils/runner.py's load_references, utils/device.py's policy);
     the old model's test predictions once, untimed."""
-    fast, channels_last = fast_teachers(device, precision), prefers_channels_last(device)
+    fast, channels_last = folds_teachers(device, precision), prefers_channels_last(device)
     normalize = Normalize(channels_last=channels_last)
     old = prepare_teacher(random_model(args.arch, num_old, "cpu", args.seed + 1), device)
     uses = loss_fn.references
@@ -287,7 +287,7 @@ def ensemble_benchmark(args, device):
     """ELODI's teacher step, the ensemble-mean logits of one training batch: a loop over the
     members against one vmapped computation (EnsembleMean(batched=True))."""
     precision = "bf16" if args.precision == "both" else args.precision
-    fast = fast_teachers(device, precision)
+    fast = folds_teachers(device, precision)
     members = [prepare_teacher(m, device, fast) if fast else m for m in ensemble_members(args, device)]
     teachers = {"loop": Teachers(new=EnsembleMean(members)),
                 "batched": Teachers(new=EnsembleMean(members, batched=True))}

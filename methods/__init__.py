@@ -23,6 +23,7 @@ from methods.registry import (
     Method,
     Option,
     all_hyperparameters,
+    check_hyperparameters,
     declared_defaults,
     get_method,
     hyperparameters,
@@ -38,6 +39,6 @@ for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "HyperparameterError", "Method", "Option", "all_hyperparameters", "declared_defaults",
-           "get_method",
-           "hyperparameters", "method_class", "method_defaults", "method_label", "method_names", "option", "register"]
+__all__ = ["METHODS", "HyperparameterError", "Method", "Option", "all_hyperparameters", "check_hyperparameters",
+           "declared_defaults", "get_method", "hyperparameters", "method_class", "method_defaults", "method_label",
+           "method_names", "option", "register"]

@@ -204,16 +204,22 @@ def option(name: str, param: str) -> Option:
     return method_class(name).options.get(param, Option())
 
 
-def get_method(name: str, **hparams) -> Method:
-    """Build the loss of method ``name`` with the hyperparameters given (the others at their
-    defaults); a keyword the method does not take, or a value out of its range, is an error."""
+def check_hyperparameters(name: str, hparams: dict):
+    """The one check of a method's hyperparameters: a keyword method ``name`` does not take is a
+    TypeError naming the accepted ones, a value out of its Option's range a HyperparameterError."""
     accepted = declared_defaults(name)
-    unknown = sorted(set(hparams) - set(accepted) - {"num_old"})
+    unknown = sorted(set(hparams) - set(accepted))
     if unknown:
         raise TypeError(f"{name} takes no hyperparameter {', '.join(unknown)}; it takes "
                         f"{', '.join(accepted) or 'none'} (and num_old)")
     for param, value in hparams.items():
-        problem = option(name, param).check(value) if param != "num_old" else None
+        problem = option(name, param).check(value)
         if problem:
             raise HyperparameterError(name, param, problem, value)
+
+
+def get_method(name: str, **hparams) -> Method:
+    """Build the loss of method ``name`` with the hyperparameters given (the others at their
+    defaults) and ``num_old``; see ``check_hyperparameters`` for what is refused."""
+    check_hyperparameters(name, {k: v for k, v in hparams.items() if k != "num_old"})
     return METHODS[name](**hparams)

@@ -81,7 +81,7 @@ def test_pretrained_weights_unavailable_are_an_error(offline_weights, capsys):
                            allow_random_weights=False, freeze_backbone=False, seed=0)
     with pytest.raises(UserError,
                        match="cannot load the pretrained resnet18.*get_model_weights.*--allow-random-weights"):
-        utils.runner.build_model(args, 3, torch.device("cpu"), 1)
+        utils.runner.build_trained_model(args, 3, torch.device("cpu"), 1)
 
 
 def test_pretrained_weights_unavailable_allowed_start_random(offline_weights, capsys):
@@ -89,10 +89,10 @@ def test_pretrained_weights_unavailable_allowed_start_random(offline_weights, ca
     same command without --pretrained draws (seeded alike, whatever the failed load consumed)."""
     flags = dict(arch="resnet18", embed_dim=None, image_size=None, allow_random_weights=True,
                  freeze_backbone=False, seed=3)
-    model = utils.runner.build_model(SimpleNamespace(**flags, pretrained=True), 3, torch.device("cpu"), 1)
+    model = utils.runner.build_trained_model(SimpleNamespace(**flags, pretrained=True), 3, torch.device("cpu"), 1)
     assert isinstance(model, Classifier) and model.weights is None
     assert capsys.readouterr().err.count("RANDOM weights") == 1
-    plain = utils.runner.build_model(SimpleNamespace(**flags, pretrained=False), 3, torch.device("cpu"), 1)
+    plain = utils.runner.build_trained_model(SimpleNamespace(**flags, pretrained=False), 3, torch.device("cpu"), 1)
     for (name, a), b in zip(model.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -99,7 +99,7 @@ def test_bf16_trains_and_agrees(tiny_data, old_ckpt, new_ckpt, tmp_path):
 def test_folded_teachers_agree(plain, tiny_data, old_ckpt, new_ckpt, tmp_path, monkeypatch):
     folded = []
     real_fold = utils.engine.fold_batchnorm
-    monkeypatch.setattr(utils.runner, "fast_teachers", lambda device, precision: True)
+    monkeypatch.setattr(utils.runner, "folds_teachers", lambda device, precision: True)
     monkeypatch.setattr(utils.engine, "fold_batchnorm", lambda m: folded.append(m) or real_fold(m))
     fast = train(tmp_path, "folded", tiny_data, old_ckpt, new_ckpt)
     assert len(folded) == 2  # both of MPT_KL's teachers, never the scored old model
@@ -122,7 +122,7 @@ def test_batched_ensemble_agrees_with_the_member_loop(tiny_data, old_ckpt, new_c
     loop = train(tmp_path, "loop", tiny_data, old_ckpt, new_ckpt, *flags, method="ELODI")
     batched = []
     real = utils.engine.EnsembleMean
-    monkeypatch.setattr(utils.runner, "fast_teachers", lambda device, precision: True)
+    monkeypatch.setattr(utils.runner, "folds_teachers", lambda device, precision: True)
     monkeypatch.setattr(utils.engine, "EnsembleMean",
                         lambda m, batched_=None, **kw: batched.append(kw) or real(m, **kw))
     fast = train(tmp_path, "batched", tiny_data, old_ckpt, new_ckpt, *flags, method="ELODI")

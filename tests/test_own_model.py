@@ -106,7 +106,7 @@ def test_pretrained_torchvision_weights_unavailable_are_the_usual_error(offline_
                               allow_random_weights=False, freeze_backbone=False, seed=0, sync_bn=True)
     with pytest.raises(UserError, match=r"get_model_weights\('mobilenet_v3_small'\)\.IMAGENET1K_V1.*"
                                         "--allow-random-weights"):
-        utils.runner.build_model(args, 3, torch.device("cpu"), 1)
+        utils.runner.build_trained_model(args, 3, torch.device("cpu"), 1)
 
 
 def test_pretrained_torchvision_weights_are_its_default_ones_and_named(monkeypatch):

@@ -14,8 +14,10 @@
 # Writes OUT/tables.md (mean +- sd over the seeds), OUT/flips/ and the runs old, new, update/NAME-seedS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source tools/jobs.sh
 export OMP_WAIT_POLICY=PASSIVE   # spinning OpenMP threads slow a shared CPU down
 PY=${PYTHON:-python}
+export PYTHON=$PY
 DATA=$1
 OUT=${2:-results/cpu_cifar10/data_growth}
 read -ra seeds <<< "${SEEDS:-42 43 44}"
@@ -35,16 +37,8 @@ fi
 C=(--dataset cifar10 --data-root "$DATA" --epochs "${EPOCHS:-5}" --device cpu --old-fraction 1.0 --resume auto)
 failed=0
 
-train() {  # RUN_DIR SCRIPT [flags]: one run, its output in RUN_DIR/train.log
-  local dir=$1 script=$2
-  shift 2
-  mkdir -p "$dir"
-  if "$PY" "$script" "${C[@]}" --output-dir "$dir" "$@" >> "$dir/train.log" 2>&1; then
-    echo "done: $dir | $(tail -n 1 "$dir/train.log")"
-  else
-    echo "FAILED: $dir (see $dir/train.log): $(tail -n 1 "$dir/train.log")" >&2
-    failed=1
-  fi
+train() {  # RUN_DIR SCRIPT [flags]: one run with the common flags (tools/jobs.sh)
+  logged_run "$1" "$2" "${C[@]}" "${@:3}"
 }
 
 train "$OUT/old" train_old_model.py --old-data-fraction 0.5 --save "$OUT/ckpt_old.pth"

@@ -30,7 +30,7 @@ from utils.evaluation import Scorer
 from utils.external import External, load_external
 from utils.outputs import prepare_output_dir, results_record, write_json, write_predictions
 from utils.provenance import code_version
-from utils.runner import load_data
+from utils.runner import experiment_setting, load_data
 
 # The settings that decide which images are scored and how they are fed: taken from MODEL's
 # checkpoint unless given on the command line.
@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
         old, old_record = load_external(args.old_ckpt, "old", External(args.old_arch, args.old_classes),
                                         data.classes, data.num_old, image_size=args.image_size,
                                         hint=f" (--old-fraction {args.old_fraction:g} of its {data.num_classes})")
-        old_setting = {"old_arch": args.old_arch, "old_source": "state_dict", "old_sha256": old_record["sha256"]}
+        old_setting = old_model_setting(None, old_record)
     else:
         old, old_ckpt = load_model(args.old_ckpt, "old", num_classes=data.num_old, num_old=data.num_old, **load)
         old_setting, old_record = old_model_setting(old_ckpt), reference_record(args.old_ckpt, old_ckpt)
@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
               **(ckpt.get("config") or {})}
     write_json(out_dir / "results.json", {
         **results_record("update", scores.metrics, args.ckpt, data, ckpt.get("weights"), config,
-                         setting={"old_fraction": args.old_fraction, "arch": ckpt["arch"], **old_setting},
+                         setting=experiment_setting(args.old_fraction, ckpt["arch"], old_setting),
                          device=args.device, references={"old": old_record},
                          made_by={"code": code_version(), "command": ["tools.evaluate", *command]}),
         "evaluated": {"role": ckpt.get("role"), "old_checkpoint": args.old_ckpt, "flags": given,

@@ -1,4 +1,4 @@
-# Helpers of tools/sweep_b.sh and tools/train_ensemble.sh: source this file, do not run it.
+# Helpers of the scripts in tools/ that train several runs: source this file, do not run it.
 
 # usage: print the calling script's header comment (its lines 2 up to the first blank line).
 usage() {
@@ -28,6 +28,22 @@ train_run() {
         echo "FAILED: $out (see $out/train.log):" >&2
         tail -n 5 "$out/train.log" >&2
         return 1
+    fi
+}
+
+# logged_run RUN_DIR SCRIPT [FLAGS ...]: ${PYTHON:-python} SCRIPT FLAGS --output-dir RUN_DIR, its
+# output appended to RUN_DIR/train.log, then one line: "done: ..." with the run's last line, or
+# "FAILED: ..." on stderr, which also sets the caller's variable failed=1 (a study goes on past a
+# failed run and reports it in its exit status).
+logged_run() {
+    local dir=$1 script=$2
+    shift 2
+    mkdir -p "$dir"
+    if "${PYTHON:-python}" "$script" "$@" --output-dir "$dir" >> "$dir/train.log" 2>&1; then
+        echo "done: $dir | $(tail -n 1 "$dir/train.log")"
+    else
+        echo "FAILED: $dir (see $dir/train.log): $(tail -n 1 "$dir/train.log")" >&2
+        failed=1
     fi
 }
 

@@ -75,11 +75,14 @@ def model_checkpoint(model, *, arch, num_classes, embed_dim, dataset, num_old, r
             "old_data": old_data, "classes": classes, **(made_by or {})}
 
 
-def old_model_setting(ckpt: dict) -> dict:
-    """What an old model's checkpoint says about the kind of update it starts: its architecture
-    and its share of the training images (1.0 for checkpoints written before --old-data-fraction).
-    Which images (split seed, hash of the indices) is in results.json's references
-    (``reference_record``)."""
+def old_model_setting(ckpt: dict | None, source: dict | None = None) -> dict:
+    """What an old model says about the kind of update it starts: its architecture and its share
+    of the training images (1.0 for checkpoints written before --old-data-fraction). Which images
+    (split seed, hash of the indices) is in results.json's references (``reference_record``). An
+    old model from outside (``ckpt`` None, ``source``: utils.external.load_external's record):
+    its architecture and file; its training images are not known."""
+    if ckpt is None:
+        return {"old_arch": source["arch"], "old_source": "state_dict", "old_sha256": source["sha256"]}
     old_data = ckpt.get("old_data") or {"old_data_fraction": 1.0}
     return {"old_arch": ckpt["arch"], "old_data_fraction": old_data["old_data_fraction"]}
 

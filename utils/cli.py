@@ -15,6 +15,7 @@ import yaml
 from methods import (
     HyperparameterError,
     all_hyperparameters,
+    check_hyperparameters,
     declared_defaults,
     get_method,
     method_class,
@@ -219,22 +220,24 @@ def take_method_flags(args) -> dict:
 
 
 def method_record(args) -> dict:
-    """What results.json records of an update's method: its name, its hyperparameters as run,
-    their defaults on this data set and its label (``methods.method_label``), so that tables
-    and run labels read them instead of the code."""
+    """The update's method as results.json records it and the runner builds it: its name, its
+    hyperparameters as ``take_method_flags`` left them on ``args`` (checked: a value out of range
+    names its flag), their defaults on this data set and its label (``methods.method_label``), so
+    that tables and run labels read them instead of the code."""
     values = {param: getattr(args, param) for param in declared_defaults(args.method)}
+    try:
+        check_hyperparameters(args.method, values)
+    except HyperparameterError as err:
+        raise UserError(f"{flag(err.param)} {err.problem}, got {err.value}") from None
     defaults = method_defaults(args.method, args.dataset)
     return {"name": args.method, "hyperparameters": values, "defaults": defaults,
             "label": method_label(args.method, values, defaults)}
 
 
-def method_from_args(args):
-    """The loss of ``args.method`` built with its hyperparameters as ``take_method_flags`` left
-    them on ``args``; a value out of range names its flag."""
-    try:
-        return get_method(args.method, **{param: getattr(args, param) for param in declared_defaults(args.method)})
-    except HyperparameterError as err:
-        raise UserError(f"{flag(err.param)} {err.problem}, got {err.value}") from None
+def method_from_args(args, num_old: int | None = None):
+    """The loss of ``args.method`` with its hyperparameters as ``take_method_flags`` left them."""
+    record = method_record(args)
+    return get_method(record["name"], num_old=num_old, **record["hyperparameters"])
 
 
 def update_parser(description: str) -> argparse.ArgumentParser:

@@ -61,7 +61,7 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def fast_teachers(device: torch.device, precision: str) -> bool:
+def folds_teachers(device: torch.device, precision: str) -> bool:
     """Whether training-time teachers get BatchNorm folded into their convolutions and ELODI's
     members run as one vmapped computation. Both change logits by rounding only, so they are
     used only where bf16 already rounds, and only on CUDA: on the CPU the vmapped grouped

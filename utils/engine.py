@@ -74,7 +74,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 def prepare_teacher(model: nn.Module, device: torch.device, fast: bool = False) -> nn.Module:
     """An inference-only copy on ``device`` (channels-last where that is faster); with ``fast``,
-    BatchNorm folded into the convolutions (``utils.device.fast_teachers`` says where)."""
+    BatchNorm folded into the convolutions (``utils.device.folds_teachers`` says where)."""
     model = model.eval().requires_grad_(False)
     if fast:
         model = fold_batchnorm(model)
@@ -105,7 +105,7 @@ def build_teachers(uses, device: torch.device, fast: bool, old: nn.Module | None
                    new: nn.Module | None = None, members=()) -> Teachers:
     """The teachers of a method that ``uses`` some of {"old", "new", "ensemble"}, from reference
     models already prepared with ``prepare_teacher(model, device)``: with ``fast``, folded copies
-    and the ensemble as one vmapped computation (``utils.device.fast_teachers`` says where)."""
+    and the ensemble as one vmapped computation (``utils.device.folds_teachers`` says where)."""
     def fit(model):
         return prepare_teacher(model, device, fast) if fast else model  # folding copies
     teachers = Teachers()

@@ -31,6 +31,12 @@ def exit_on_user_error(main):
     return wrapper
 
 
+def listing(names, most: int = 10) -> str:
+    """``names`` for a message: the first ``most`` of them, then " ..." where there are more."""
+    names = [str(n) for n in names]
+    return ", ".join(names[:most]) + (" ..." if len(names) > most else "")
+
+
 def warn(message: str):
     """One line on stderr; under torchrun from rank 0 alone (every process meets the same)."""
     if _rank() == 0:

@@ -24,7 +24,7 @@ from torch import nn
 from models import build_model
 from models.zoo import TORCHVISION, from_torchvision_state_dict
 from utils.checkpoint import FORMAT, file_digest
-from utils.errors import UserError
+from utils.errors import UserError, listing
 from utils.image_files import class_list
 
 # A file written by a wrapper: DataParallel / DistributedDataParallel ("module.") or torch.compile
@@ -90,8 +90,8 @@ def head_order(names: list, run_classes: list, rows: int, role: str, classes_fil
     unknown = [n for n in names if n not in run_classes]
     if unknown:
         raise UserError(f"{flag} names {len(unknown)} class(es) that the data does not hold: "
-                        f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}; the data's classes are "
-                        f"{', '.join(run_classes[:20])}{' ...' if len(run_classes) > 20 else ''}")
+                        f"{listing(unknown)}; the data's classes are "
+                        f"{listing(run_classes, 20)}")
     expected = run_classes[:rows]
     if role != "old":
         missing = [c for c in expected if c not in names]
@@ -107,7 +107,7 @@ def head_order(names: list, run_classes: list, rows: int, role: str, classes_fil
     later = [n for n in names if n not in expected]
     if later:
         raise UserError(f"the old model's classes must be this run's first {rows} classes "
-                        f"({', '.join(expected[:10])}{' ...' if rows > 10 else ''}), in any order, but "
+                        f"({listing(expected)}), in any order, but "
                         f"{', '.join(later[:10])} of {flag} come later in the run's class order; list the old "
                         "model's classes first in --classes")
     return [names.index(c) for c in expected]

@@ -20,7 +20,7 @@ from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
 from utils.device import prefers_channels_last
-from utils.errors import UserError
+from utils.errors import UserError, listing
 from utils.image_files import class_list, folder_test_split
 from utils.inputs import (
     NORMALIZATION,
@@ -90,22 +90,13 @@ def load_image_folder(root: Path, classes_file=None) -> FolderDataset:
         classes = class_list(classes_file)
         unknown = [c for c in classes if c not in folders]
         if unknown:
-            raise UserError(f"--classes {classes_file} names {len(unknown)} class(es) that {train_dir} does not hold: "
-                            f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}; its classes are "
-                            f"{', '.join(folders[:20])}{' ...' if len(folders) > 20 else ''}")
+            raise UserError(f"--classes {classes_file} names {len(unknown)} class(es) that {train_dir} does not "
+                            f"hold: {listing(unknown)}; its classes are {listing(folders, 20)}")
         unlisted = [c for c in folders if c not in classes]
         if unlisted:
             raise UserError(f"--classes {classes_file} leaves out {len(unlisted)} class folder(s) of {train_dir}: "
-                            f"{', '.join(unlisted[:10])}{' ...' if len(unlisted) > 10 else ''}; list every "
-                            "class, the old ones first, or move those folders out")
-    index = {c: i for i, c in enumerate(classes)}
-    splits = []
-    for folder in (train_dir, eval_dir):
-        try:
-            splits.append(ImageFiles(make_dataset(str(folder), index, extensions=IMG_EXTENSIONS)))
-        except FileNotFoundError as err:  # a class folder without images
-            raise UserError(f"{folder}: {' '.join(str(err).split())}") from None
-    return FolderDataset("folder", classes, *splits)
+                            f"{listing(unlisted)}; list every class, the old ones first, or move those folders out")
+    return FolderDataset("folder", classes, *image_files(classes, train_dir, eval_dir))
 
 
 def load_imagenet(root: Path) -> FolderDataset:
@@ -114,14 +105,20 @@ def load_imagenet(root: Path) -> FolderDataset:
         raise UserError(f"--dataset imagenet needs {train_dir}/<wnid>/*.JPEG and {eval_dir}/<wnid>/*.JPEG "
                         "(the validation images sorted into one folder per class)")
     classes = class_folders(train_dir, eval_dir)
+    return FolderDataset("imagenet", classes, *image_files(classes, train_dir, eval_dir))
+
+
+def image_files(classes: list, *folders: Path) -> list:
+    """The ``ImageFiles`` of each split folder, class indices in the order of ``classes``
+    (torchvision's ``make_dataset``: any image format it reads, subfolders included)."""
     index = {c: i for i, c in enumerate(classes)}
     splits = []
-    for folder in (train_dir, eval_dir):
+    for folder in folders:
         try:
             splits.append(ImageFiles(make_dataset(str(folder), index, extensions=IMG_EXTENSIONS)))
         except FileNotFoundError as err:  # a class folder without images
-            raise UserError(f"{folder}: {err}") from None
-    return FolderDataset("imagenet", classes, *splits)
+            raise UserError(f"{folder}: {' '.join(str(err).split())}") from None
+    return splits
 
 
 def on_device(loader: DataLoader, normalize: Normalize, device: torch.device):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from utils.errors import UserError
+from utils.errors import UserError, listing
 
 # The official code's normalisation (CIFAR-10 statistics, also used for CIFAR-100).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -45,7 +45,7 @@ def class_folders(train: Path, test: Path) -> list:
     if classes != test_classes:
         only_train = sorted(set(classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(classes))
-        differ = "; ".join(f"only in {folder}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
+        differ = "; ".join(f"only in {folder}: {listing(names)}"
                            for folder, names in ((train, only_train), (test, only_test)) if names)
         raise UserError(f"{train} and {test} must hold the same class folders ({differ}); "
                         "add or remove class folders so that both splits list the same classes")

@@ -167,7 +167,7 @@ def results_record(role: str, metrics: dict, checkpoint, data, weights: str | No
     utils.checkpoint.reference_record or utils.external.load_external's record, "new": ...})."""
     record = {"role": role, **metrics, "checkpoint": str(checkpoint), "num_old": data.num_old,
               "num_classes": data.num_classes, "classes": data.classes, "train_size": len(data.dataset.train),
-              "split": data.split}
+              "split": data.holdout}
     if data.old_data is not None:
         record["old_data"] = data.old_data
     record.update(setting=setting, weights=weights, config=config)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from methods import get_method
+from methods import get_method, method_class
 from models import build_model as build_architecture
 from models.zoo import ArchitectureError, WeightsUnavailable, fetch_command
 from utils import distributed as dist
@@ -39,7 +39,7 @@ from utils.data import (
     old_data_subset,
     validation_split,
 )
-from utils.device import fast_teachers, prefers_channels_last, setup_device
+from utils.device import folds_teachers, prefers_channels_last, setup_device
 from utils.engine import NonFiniteLoss, Teachers, build_teachers, min_share, prepare_teacher, progress, train_one_epoch
 from utils.errors import UserError, warn
 from utils.evaluation import Scorer, Scores
@@ -72,13 +72,12 @@ HUGE_LOGIT = 1e3
 class Mitigation:
     """What ``main.py`` adds to a plain training run: the negative-flip mitigation method and the
     checkpoints of its reference models."""
-    method: object
+    method: dict       # name, hyperparameters, defaults and label (utils.cli.method_record)
     old_ckpt: str
     new_ckpt: str | None = None
     ensemble: list = field(default_factory=list)
     save_logits: bool = False
     ignored_flags: dict = field(default_factory=dict)  # flags of other methods given to this run
-    record: dict = field(default_factory=dict)  # the method as results.json records it (utils.cli.method_record)
     # Reference models from outside ("old", "new"): plain state_dicts (utils/external.py)
     external: dict = field(default_factory=dict)
 
@@ -91,7 +90,7 @@ class RunData:
     num_old: int         # C_old, the first classes
     classes: list        # the names of all C classes
     head_size: int       # the trained model's number of outputs: C_old for the old model, else C
-    split: dict          # the validation split the model is trained without (validation_split)
+    holdout: dict        # the record of the validation images it is trained without (validation_split)
     old_data: dict | None = None  # the old model's share of the training images (old_data_subset)
 
 
@@ -123,9 +122,9 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
                 print(f"{out_dir} holds a finished run ({RESULTS_FILE}); nothing to do", flush=True)
             return json.loads((out_dir / RESULTS_FILE).read_text())
         data = load_data(args, role)
-        model = build_model(args, data.head_size, device, world)
-        net = model.head() if args.freeze_backbone else model
-        inputs = data.dataset.inputs(args, device, rank, world, min_share(net))
+        model = build_trained_model(args, data.head_size, device, world)
+        trainable = model.head() if args.freeze_backbone else model   # what the optimizer updates
+        inputs = data.dataset.inputs(args, device, rank, world, min_share(trainable))
         if args.freeze_backbone:  # the head trains on the frozen backbone's features, cached once
             inputs = cache_features(inputs, model.backbone, args, device)
         refs = load_references(args, mitigation, data, model, device) if mitigation else None
@@ -135,9 +134,9 @@ def run(args, role: str, mitigation: Mitigation | None = None) -> dict:
             for path in (*(out_dir / name for name in (STATE_FILE, LOG_FILE, RESULTS_FILE, PREDICTIONS_FILE)),
                          checkpoint_path(args, out_dir)):
                 remove_stale_temporaries(path)  # of a save that a killed run left
-        loss_fn = mitigation.method if mitigation else get_method("No_Treatment")  # plain cross-entropy
-        loss_fn.num_old = data.num_old
-        scores = fit(args, role, model, net, inputs, loss_fn, refs.teachers if refs else Teachers(),
+        method = mitigation.method if mitigation else {"name": "No_Treatment", "hyperparameters": {}}  # plain CE
+        loss_fn = get_method(method["name"], num_old=data.num_old, **method["hyperparameters"])
+        scores = fit(args, role, model, trainable, inputs, loss_fn, refs.teachers if refs else Teachers(),
                      scorer, out_dir, device, world, state)
         if dist.is_main():
             write_outputs(args, role, out_dir, model, data, inputs.targets["test"], scores, mitigation,
@@ -166,23 +165,23 @@ def load_data(args, role: str) -> RunData:
     data = load_dataset(args.dataset, args.data_root, download=False, classes=getattr(args, "classes", None))
     classes, num_classes = list(data.classes), data.num_classes
     num_old = num_old_classes(num_classes, args.old_fraction)
-    held, split = validation_split(data.train.targets, args.val_fraction, args.split_seed)
+    held, holdout = validation_split(data.train.targets, args.val_fraction, args.split_seed)
     index = torch.arange(len(data.train))  # the training samples' indices into the whole set
     if len(held):
         index = index[~torch.isin(index, held)]
         data = data.holdout(held)
     if role != "old":
-        return RunData(data, num_classes, num_old, classes, num_classes, split)
+        return RunData(data, num_classes, num_old, classes, num_classes, holdout)
     index = index[data.train.targets < num_old]
     data = data.classes_below(num_old)
     chosen, old_data = old_data_subset(data.train.targets, index, args.old_data_fraction, args.split_seed,
                                        classes=data.classes)
     if len(chosen) < len(data.train):
         data = data.train_subset(chosen)
-    return RunData(data, num_classes, num_old, classes, num_old, split, old_data)
+    return RunData(data, num_classes, num_old, classes, num_old, holdout, old_data)
 
 
-def build_model(args, head_size: int, device: torch.device, world: int) -> nn.Module:
+def build_trained_model(args, head_size: int, device: torch.device, world: int) -> nn.Module:
     """The model to train, seeded so that every run of the same command starts from the same
     weights; with --freeze-backbone, only its head is drawn from --seed."""
     def build(pretrained: bool):
@@ -217,15 +216,15 @@ def build_model(args, head_size: int, device: torch.device, world: int) -> nn.Mo
     return model
 
 
-def check_split(ckpt: dict, path: str, split: dict):
+def check_holdout(ckpt: dict, path: str, holdout: dict):
     """A reference model must not have seen this run's validation images: it was trained with the
     same --val-fraction and --split-seed (the same held-out images)."""
-    if split["val_fraction"] == 0:
+    if holdout["val_fraction"] == 0:
         return
     theirs = ckpt.get("split") or {"val_fraction": 0.0}
-    if theirs == split:
+    if theirs == holdout:
         return
-    flags = f"--val-fraction {split['val_fraction']:g} --split-seed {split['split_seed']}"
+    flags = f"--val-fraction {holdout['val_fraction']:g} --split-seed {holdout['split_seed']}"
     seen = ("it was trained on the whole training set, these images included" if theirs["val_fraction"] == 0
             else f"it held out another split (--val-fraction {theirs['val_fraction']:g} --split-seed "
                  f"{theirs.get('split_seed')}), so it trained on some of these images")
@@ -236,26 +235,26 @@ def check_split(ckpt: dict, path: str, split: dict):
 def load_references(args, mitigation: Mitigation, data: RunData, model: nn.Module,
                     device: torch.device) -> References:
     """The old model (scored as it is) and the teachers the method uses, prepared for training
-    (utils.device.fast_teachers). With --freeze-backbone they run as heads on the cached features."""
+    (utils.device.folds_teachers). With --freeze-backbone they run as heads on the cached features."""
     def load(path, role, classes, num_old=None):
         """The prepared reference model, its checkpoint (None for a plain state_dict) and its record."""
         if role in mitigation.external:  # a plain state_dict of a model trained elsewhere
             hint = f" (--old-fraction {args.old_fraction:g} of its {data.num_classes})"
             ref, record = load_external(path, role, mitigation.external[role], data.classes, classes,
                                         image_size=args.image_size, hint=hint)
-            if data.split["val_fraction"]:
+            if data.holdout["val_fraction"]:
                 warn(f"--{role}-ckpt {path} comes from outside: whether it saw this run's --val-fraction "
                      "images cannot be checked")
             ckpt = None
         else:
             ref, ckpt = load_model(path, role, num_classes=classes, num_old=num_old, dataset=args.dataset,
                                    inputs=input_spec(args), classes=data.classes)
-            check_split(ckpt, path, data.split)
+            check_holdout(ckpt, path, data.holdout)
             record = reference_record(path, ckpt)
         ref = prepare_teacher(head_on(ref, model.backbone, path) if args.freeze_backbone else ref, device)
         return ref, ckpt, record
 
-    uses = mitigation.method.references
+    uses = method_class(mitigation.method["name"]).references
     old, old_ckpt, old_record = load(mitigation.old_ckpt, "old", data.num_old, data.num_old)
     records = {"old": old_record}
     new = None
@@ -265,17 +264,14 @@ def load_references(args, mitigation: Mitigation, data: RunData, model: nn.Modul
     if "ensemble" in uses:
         loaded = [load(p, "ensemble", data.num_classes) for p in mitigation.ensemble]
         members, records["ensemble"] = [m for m, _, _ in loaded], [r for _, _, r in loaded]
-    teachers = build_teachers(uses, device, fast_teachers(device, args.precision), old, new, members)
-    if old_ckpt is None:  # from outside: its architecture and file are known, its training images are not
-        setting = {"old_arch": old_record["arch"], "old_source": "state_dict", "old_sha256": old_record["sha256"]}
-    else:
-        setting = old_model_setting(old_ckpt)
-    return References(old, teachers, setting, records)
+    teachers = build_teachers(uses, device, folds_teachers(device, args.precision), old, new, members)
+    return References(old, teachers, old_model_setting(old_ckpt, old_record), records)
 
 
-def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer: Scorer,
+def fit(args, role: str, model, trainable, inputs, loss_fn, teachers: Teachers, scorer: Scorer,
         out_dir: Path, device: torch.device, world: int, state: dict | None = None) -> Scores:
-    """Train ``net`` (``model`` or its head) for the remaining epochs of --epochs, scoring it and
+    """Train ``trainable`` (``model``, or its head on cached features; ``stepped``: it as the steps
+    run it, under DDP and torch.compile) for the remaining epochs of --epochs, scoring it and
     saving the resumable state after each; returns the last epoch's scores."""
     # Only the trainable parameters: a frozen backbone gets neither updates nor weight decay.
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr,
@@ -285,12 +281,12 @@ def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer
     else:
         # Annealed over this run's own length (the official code fixes T_max = 100).
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    train_model = net
+    stepped = trainable
     if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+        stepped = torch.nn.parallel.DistributedDataParallel(
+            trainable, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
-        train_model = torch.compile(train_model)
+        stepped = torch.compile(stepped)
     start_epoch, history, in_epoch = 0, [], None
     if state is not None:
         start_epoch, history, in_epoch = restore(state, device, model, optimizer, scheduler)
@@ -315,7 +311,7 @@ def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer
                            in_epoch={"epoch": epoch, "step": step, "sums": sums})
 
         try:
-            stats = train_one_epoch(train_model, loader, optimizer, loss_fn, teachers, epoch,
+            stats = train_one_epoch(stepped, loader, optimizer, loss_fn, teachers, epoch,
                                     precision=args.precision, log_every=args.log_every,
                                     lr_scale=warmup(args.warmup_epochs, epoch, steps), first_step=first_step,
                                     snapshot=snapshot, save_every=args.save_every_steps, save=save_inside)
@@ -324,7 +320,7 @@ def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer
                                                scorer.inputs.targets["test"])) from None
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         scheduler.step()
-        scores = scorer(net)
+        scores = scorer(trainable)
         record = {"epoch": epoch, "lr": lr, **stats,
                   **({"dropped": dropped} if dropped else {}),
                   "metrics": scores.metrics, "seconds": round(time.time() - t0, 2)}
@@ -332,7 +328,7 @@ def fit(args, role: str, model, net, inputs, loss_fn, teachers: Teachers, scorer
         if dist.is_main():
             save_state(out_dir, args, device, model, optimizer, scheduler, epoch, history)
             tqdm.write(summary_line(role, record, args.epochs))  # above the progress bars
-    return scores if scores is not None else scorer(net)  # resumed after the last epoch
+    return scores if scores is not None else scorer(trainable)  # resumed after the last epoch
 
 
 def warmup(epochs: float, epoch: int, steps: int):
@@ -382,16 +378,20 @@ def non_finite_message(err: NonFiniteLoss, out_dir: Path, history: list, args, s
     return message + ", and start the run again"
 
 
-def run_setting(args, role: str, data: RunData, refs: References | None) -> dict:
+def experiment_setting(old_fraction: float, arch: str, old_setting: dict | None = None) -> dict:
     """The kind of experiment a run belongs to, so that tables never put runs of different kinds
-    in one row: the share of classes that are old (1.0: a same-class update), the old model's
-    share of the training images (data growth), and the architectures (an architecture upgrade)."""
-    setting = {"old_fraction": args.old_fraction, "arch": args.arch}
+    in one row: the share of classes that are old (1.0: a same-class update), the architectures
+    (an architecture upgrade) and the old model's share of the training images (data growth;
+    ``old_setting``: utils.checkpoint.old_model_setting)."""
+    return {"old_fraction": old_fraction, "arch": arch, **(old_setting or {})}
+
+
+def run_setting(args, role: str, data: RunData, refs: References | None) -> dict:
+    """``experiment_setting`` of a training run: an old model is its own old model."""
     if role == "old":
-        setting.update(old_arch=args.arch, old_data_fraction=data.old_data["old_data_fraction"])
-    if refs is not None:
-        setting.update(refs.old_setting)
-    return setting
+        return experiment_setting(args.old_fraction, args.arch, {"old_arch": args.arch,
+                                  "old_data_fraction": data.old_data["old_data_fraction"]})
+    return experiment_setting(args.old_fraction, args.arch, refs.old_setting if refs else None)
 
 
 def write_outputs(args, role: str, out_dir: Path, model, data: RunData, test_targets, scores: Scores,
@@ -404,7 +404,7 @@ def write_outputs(args, role: str, out_dir: Path, model, data: RunData, test_tar
     atomic_save(model_checkpoint(model, arch=args.arch, num_classes=data.head_size, embed_dim=args.embed_dim,
                                  dataset=args.dataset, num_old=data.num_old, role=role,
                                  epoch=args.epochs - 1, metrics=scores.metrics, config=config,
-                                 inputs=input_spec(args), split=data.split, weights=model.weights,
+                                 inputs=input_spec(args), split=data.holdout, weights=model.weights,
                                  old_data=data.old_data, made_by=made_by, classes=data.classes[:data.head_size]),
                 save_path)
     if mitigation is not None:
@@ -412,5 +412,5 @@ def write_outputs(args, role: str, out_dir: Path, model, data: RunData, test_tar
     write_json(out_dir / RESULTS_FILE,
                results_record(role, scores.metrics, save_path, data, model.weights, config, setting,
                               ignored_flags=mitigation.ignored_flags if mitigation else None,
-                              method=mitigation.record if mitigation else None, made_by=made_by,
+                              method=mitigation.method if mitigation else None, made_by=made_by,
                               references=references))

@@ -83,8 +83,8 @@ def test_split_depends_on_the_split_seed_only(tiny_data):
         return utils.runner.load_data(args, "update")
 
     a, b, c = split("--seed", "1"), split("--seed", "7"), split("--split-seed", "3")
-    assert a.split == b.split and torch.equal(a.dataset.val.images, b.dataset.val.images)
-    assert c.split["split_seed"] == 3 and c.split["heldout_sha256"] != a.split["heldout_sha256"]
+    assert a.holdout == b.holdout and torch.equal(a.dataset.val.images, b.dataset.val.images)
+    assert c.holdout["split_seed"] == 3 and c.holdout["heldout_sha256"] != a.holdout["heldout_sha256"]
     assert not torch.equal(a.dataset.val.images, c.dataset.val.images)
 
 

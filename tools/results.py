@@ -92,11 +92,14 @@ class TableKey(NamedTuple):
     new_arch: str
     old_fraction: float = 0.5       # --old-fraction: 1.0 for a same-class update
     old_data_fraction: float = 1.0  # the old model's --old-data-fraction: below 1 for data growth
+    old_subset: str = ""            # which images that share was (a hash; "" where not recorded)
 
     def title(self) -> str:
         kind = ("same classes" if self.old_fraction == 1 else
                 "" if self.old_fraction == 0.5 else f"old classes {self.old_fraction:.0%}")
         data = f"old model on {self.old_data_fraction:.0%} of the images" if self.old_data_fraction < 1 else ""
+        if data and self.old_subset:
+            data += f" (subset {self.old_subset[:8]})"
         return ", ".join(p for p in (f"{self.dataset}: {self.old_arch} -> {self.new_arch}", kind, data) if p)
 
 
@@ -115,6 +118,7 @@ class Run:
     seed: int | None
     results: dict           # results.json
     b_default: float | None = None  # the method's default b on the run's data set
+    old_subset: str = ""    # the old model's share of the images by hash (old_subset_of)
 
     @property
     def code(self) -> Code:
@@ -208,7 +212,8 @@ def _make_run(path: Path, r: dict, old_archs: dict) -> Run:
     extra = ()
     if role == "update":
         ckpt = _resolve(cfg["old_ckpt"]) if cfg.get("old_ckpt") else None
-        old_arch = (old_archs.get(ckpt) or _checkpoint_arch(ckpt)) if ckpt else UNKNOWN
+        old_arch = ((r.get("setting") or {}).get("old_arch") or old_archs.get(ckpt)
+                    or (_checkpoint_arch(ckpt) if ckpt else UNKNOWN))
         method, values, defaults = method_settings(r)
         if values.get("b") is not None:
             b, b_default = float(values["b"]), defaults.get("b")
@@ -220,7 +225,16 @@ def _make_run(path: Path, r: dict, old_archs: dict) -> Run:
     old_fraction = kind["old_fraction"]
     old_data_fraction = None if role == "new" else kind["old_data_fraction"]
     return Run(path, role, cfg["dataset"], cfg["arch"], old_arch, old_fraction, old_data_fraction, method, b,
-               extra, cfg.get("seed"), r, b_default)
+               extra, cfg.get("seed"), r, b_default, old_subset_of(r))
+
+
+def old_subset_of(results: dict) -> str:
+    """The hash of the training images an old model saw where it saw a share of them (its own
+    results.json's "old_data", an update's "references"), so that updates from old models of
+    different subsets never share a table; "" where not recorded (all images, older records)."""
+    old_data = results.get("old_data") if results["role"] == "old" else (
+        ((results.get("references") or {}).get("old") or {}).get("old_data"))
+    return (old_data or {}).get("subset_sha256", "")
 
 
 def _resolve(path: str) -> str:
@@ -239,13 +253,15 @@ def _checkpoint_arch(path: str) -> str:
 def group(runs: list[Run]) -> dict[TableKey, list[Row]]:
     """The tables, each with its rows in the paper's order (then by b)."""
     updates = [r for r in runs if r.role == "update"]
-    keys = {TableKey(r.dataset, r.old_arch, r.arch, r.old_fraction, r.old_data_fraction) for r in updates}
+    keys = {TableKey(r.dataset, r.old_arch, r.arch, r.old_fraction, r.old_data_fraction, r.old_subset)
+            for r in updates}
     # Reference models of an experiment without updates still get a table.
     for experiment in {(r.dataset, r.old_fraction) for r in runs} - {(r.dataset, r.old_fraction) for r in updates}:
-        olds = {(r.arch, r.old_data_fraction) for r in runs
-                if (r.dataset, r.old_fraction) == experiment and r.role == "old"} or {(UNKNOWN, 1.0)}
+        olds = {(r.arch, r.old_data_fraction, r.old_subset) for r in runs
+                if (r.dataset, r.old_fraction) == experiment and r.role == "old"} or {(UNKNOWN, 1.0, "")}
         news = {r.arch for r in runs if (r.dataset, r.old_fraction) == experiment and r.role == "new"} or {UNKNOWN}
-        keys |= {TableKey(experiment[0], o, n, experiment[1], data) for o, data in olds for n in news}
+        keys |= {TableKey(experiment[0], o, n, experiment[1], data, subset) for o, data, subset in olds
+                 for n in news}
 
     def belongs(run: Run, key: TableKey) -> bool:
         if (run.dataset, run.old_fraction) != (key.dataset, key.old_fraction):
@@ -254,9 +270,9 @@ def group(runs: list[Run]) -> dict[TableKey, list[Row]]:
             return run.arch == key.new_arch
         if run.old_data_fraction != key.old_data_fraction:
             return False
-        if run.role == "old":
-            return run.arch == key.old_arch
-        return (run.old_arch, run.arch) == (key.old_arch, key.new_arch)
+        if run.role == "old":  # in the tables of its own subset, and of updates that do not record one
+            return run.arch == key.old_arch and key.old_subset in ("", run.old_subset)
+        return (run.old_arch, run.arch, run.old_subset) == (key.old_arch, key.new_arch, key.old_subset)
 
     tables = {}
     for key in sorted(keys):

@@ -299,3 +299,25 @@ def test_code_that_made_the_runs_is_shown(tmp_path, fake_run, capsys):
     tables.main([str(tmp_path), "--print"])
     out = capsys.readouterr().out
     assert "Code" not in out.splitlines()[1] and f"Code: every run made by commit {a[:12]}." in out
+
+
+def test_updates_from_old_models_of_different_image_subsets_never_share_a_table(tmp_path, fake_run):
+    """Two data-growth old models on 50 % of the images, chosen with different split seeds: the
+    updates from each get a table of their own, each with its own old model."""
+    root, same = tmp_path / "runs", {"old_fraction": 1.0}
+    for name, digest, nfr in (("a", "aaaa1111bbbb2222", 4.0), ("b", "cccc3333dddd4444", 6.0)):
+        ckpt = tmp_path / f"old_{name}.pth"
+        old_data = {"old_data_fraction": 0.5, "split_seed": 1 if name == "a" else 2, "subset_sha256": digest}
+        run = fake_run(root / f"old_{name}", role="old", checkpoint=ckpt, config=same, er_old=40.0,
+                       setting={"old_fraction": 1.0, "old_data_fraction": 0.5})
+        record = json.loads((run / "results.json").read_text())
+        (run / "results.json").write_text(json.dumps({**record, "old_data": old_data}))
+        update = fake_run(root / f"pct_{name}", method="PCT_KL", old_ckpt=ckpt, nfr=nfr, config=same,
+                          setting={"old_fraction": 1.0, "old_data_fraction": 0.5})
+        record = json.loads((update / "results.json").read_text())
+        (update / "results.json").write_text(json.dumps({**record, "references": {"old": {"old_data": old_data}}}))
+    tables = group(find_runs([root]))
+    assert sorted(k.old_subset for k in tables) == ["aaaa1111bbbb2222", "cccc3333dddd4444"]
+    for key, rows in tables.items():
+        assert "subset " + key.old_subset[:8] in key.title()
+        assert [len(row.runs) for row in rows] == [1, 1]   # its old model, its one update

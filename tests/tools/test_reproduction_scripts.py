@@ -54,5 +54,6 @@ def test_data_growth_trains_pct_at_its_published_setting_beside_the_mpt_code_s(t
     assert rows == {"Old model", "New model", "No_Treatment", "PCT_KL", "PCT_LM (lm_weight=0.04)", "MPT_KL_nobias",
                     "PCT_KL (tau=100, tau_squared=True, distill_mix=0.9)"}
     config = json.loads((out / "update" / "PCT_KL_published-seed42" / "results.json").read_text())["config"]
-    assert (config["tau"], config["tau_squared"], config["distill_mix"], config["epochs"]) == (100.0, True, 0.9, 1)
+    assert ((config["tau"], config["tau_squared"], config["distill_mix"], config["epochs"], config["lr"])
+            == (100.0, True, 0.9, 1, 0.01))
     assert (out / "flips" / "flips.json").is_file()

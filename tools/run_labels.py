@@ -89,10 +89,12 @@ def run_method(results: dict) -> MethodRecord:
 
 def differing_settings(configs: list[dict]) -> list[str]:
     """The settings, other than the seed, the method, b and those that do not change a run's
-    result, in which ``configs`` differ."""
+    result, in which ``configs`` differ: two configs that hold a setting hold different values.
+    A setting some configs lack (another method's hyperparameter in a record older than its
+    "method", a flag newer than a record) tells nothing apart."""
     skip = {"seed", "method", "b"} | set(NOT_IDENTITY) | LOCATIONS
     keys = sorted(set().union(*map(set, configs)) - skip)
-    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    return [k for k in keys if len({json.dumps(c[k], sort_keys=True) for c in configs if k in c}) > 1]
 
 
 class RunName(NamedTuple):

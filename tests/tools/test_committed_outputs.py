@@ -29,8 +29,9 @@ TABLES = {
     "runs": ["results/cpu_cifar10/runs"],
     "fig3_runs": ["results/cpu_cifar10/fig3_runs"],
     "flip_runs": ["results/cpu_cifar10/flip_runs", "--ci"],
-    # tools/data_growth_cpu.sh writes it from the folders old, new and update of this folder
-    "data_growth_runs": ["results/cpu_cifar10/data_growth_runs"],
+    # tools/data_growth_cpu.sh's own command
+    "data_growth": ["results/cpu_cifar10/data_growth/old", "results/cpu_cifar10/data_growth/new",
+                    "results/cpu_cifar10/data_growth/update", "--ci"],
 }
 
 

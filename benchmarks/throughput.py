@@ -45,7 +45,15 @@ from methods import get_method, method_names  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.data import num_old_classes  # noqa: E402
 from utils.device import PRECISIONS, folds_teachers, prefers_channels_last, setup_device  # noqa: E402
-from utils.engine import EnsembleMean, Teachers, build_teachers, predict, prepare_teacher, train_one_epoch  # noqa: E402
+from utils.engine import (  # noqa: E402
+    EnsembleMean,
+    Teachers,
+    build_teachers,
+    fold_batchnorm,
+    predict,
+    prepare_teacher,
+    train_one_epoch,
+)
 from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, eval_batches  # noqa: E402
 from utils.metrics import flip_metrics  # noqa: E402
 from utils.pil_pipeline import official_transform  # noqa: E402
@@ -228,7 +236,7 @@ def setup_engine(args, device, loss_fn, num_old: int, initial: dict, test: Image
     uses = loss_fn.references
     new = prepare_teacher(random_model(args.arch, NUM_CLASSES, "cpu", args.seed + 2), device) if "new" in uses else None
     members = ensemble_members(args, device) if "ensemble" in uses else []
-    teachers = build_teachers(uses, device, fast, old, new, members)
+    teachers = build_teachers(uses, fast, old, new, members)
     test = test.to(device)
     old_test_pred = predict(old, eval_batches(test, args.eval_batch_size, normalize)).argmax(1).numpy()
     model, optimizer = student(args, device, initial, channels_last=channels_last)
@@ -288,7 +296,7 @@ def ensemble_benchmark(args, device):
     members against one vmapped computation (EnsembleMean(batched=True))."""
     precision = "bf16" if args.precision == "both" else args.precision
     fast = folds_teachers(device, precision)
-    members = [prepare_teacher(m, device, fast) if fast else m for m in ensemble_members(args, device)]
+    members = [fold_batchnorm(m) if fast else m for m in ensemble_members(args, device)]
     teachers = {"loop": Teachers(new=EnsembleMean(members)),
                 "batched": Teachers(new=EnsembleMean(members, batched=True))}
     x = torch.randn(args.batch_size, 3, 32, 32, device=device)

@@ -248,7 +248,7 @@ def test_folded_teacher_equals_the_unfolded_model(arch):
         reference = model.to(device)(x)
         torch.testing.assert_close(folded(x), reference, atol=FP32_ATOL, rtol=0)
     # The runner's CUDA + bf16 teacher (folded, channels-last) under bf16 autocast.
-    fast = prepare_teacher(teacher_like(0, arch), device, fast=True)
+    fast = fold_batchnorm(prepare_teacher(teacher_like(0, arch), device))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
     with torch.inference_mode(), autocast(device, "bf16"):
         assert rel_err(fast(x), reference) < BF16_REL_TOL
@@ -256,11 +256,11 @@ def test_folded_teacher_equals_the_unfolded_model(arch):
 
 def test_vmapped_ensemble_equals_the_member_loop():
     from utils.device import autocast
-    from utils.engine import EnsembleMean, prepare_teacher
+    from utils.engine import EnsembleMean, fold_batchnorm, prepare_teacher
 
     device = cuda()
     x = normal_inputs(16).to(device)
-    members = [prepare_teacher(teacher_like(seed), device, fast=False) for seed in range(3)]
+    members = [prepare_teacher(teacher_like(seed), device) for seed in range(3)]
     with torch.inference_mode(), strict_fp32():
         loop = EnsembleMean(members)(x)
         batched = EnsembleMean(members, batched=True)(x)
@@ -269,7 +269,7 @@ def test_vmapped_ensemble_equals_the_member_loop():
     torch.testing.assert_close(batched, loop, atol=FP32_ATOL, rtol=0)
     torch.testing.assert_close(loop, by_hand, atol=FP32_ATOL, rtol=0)
     # The runner's CUDA + bf16 recipe: folded members, one vmapped computation, bf16 autocast.
-    fast = EnsembleMean([prepare_teacher(teacher_like(seed), device, fast=True) for seed in range(3)],
+    fast = EnsembleMean([fold_batchnorm(m) for m in members],
                         batched=True)
     with torch.inference_mode(), autocast(device, "bf16"):
         out = fast(x)

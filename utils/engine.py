@@ -67,18 +67,16 @@ class EnsembleMean(nn.Module):
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with each BatchNorm folded into the convolution before it
-    (one kernel and one pass over the activations fewer per layer). The logits agree up to
-    rounding, so this is for teachers in the non-bit-faithful (bf16) mode only."""
+    (one kernel and one pass over the activations fewer per layer), on its device and in its
+    memory format. The logits agree up to rounding, so this is for teachers in the
+    non-bit-faithful (bf16) mode only."""
     return fuse(model.eval())
 
 
-def prepare_teacher(model: nn.Module, device: torch.device, fast: bool = False) -> nn.Module:
-    """An inference-only copy on ``device`` (channels-last where that is faster); with ``fast``,
-    BatchNorm folded into the convolutions (``utils.device.folds_teachers`` says where)."""
-    model = model.eval().requires_grad_(False)
-    if fast:
-        model = fold_batchnorm(model)
-    model = model.to(device)
+def prepare_teacher(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` made inference-only, on ``device``, channels-last where that is faster: the one
+    preparation of a reference model, whether it is scored or teaches (``build_teachers``)."""
+    model = model.eval().requires_grad_(False).to(device)
     return model.to(memory_format=torch.channels_last) if prefers_channels_last(device) else model
 
 
@@ -101,20 +99,20 @@ class Teachers:
         return out
 
 
-def build_teachers(uses, device: torch.device, fast: bool, old: nn.Module | None = None,
-                   new: nn.Module | None = None, members=()) -> Teachers:
+def build_teachers(uses, fold: bool, old: nn.Module | None = None, new: nn.Module | None = None,
+                   members=()) -> Teachers:
     """The teachers of a method that ``uses`` some of {"old", "new", "ensemble"}, from reference
-    models already prepared with ``prepare_teacher(model, device)``: with ``fast``, folded copies
-    and the ensemble as one vmapped computation (``utils.device.folds_teachers`` says where)."""
-    def fit(model):
-        return prepare_teacher(model, device, fast) if fast else model  # folding copies
+    models prepared once (``prepare_teacher``): with ``fold``, folded copies and the ensemble as
+    one vmapped computation (``utils.device.folds_teachers`` says where); else the models
+    themselves, so the scored old model is also the teacher."""
+    teacher = fold_batchnorm if fold else (lambda model: model)
     teachers = Teachers()
     if "old" in uses:
-        teachers.old = fit(old)
+        teachers.old = teacher(old)
     if "new" in uses:
-        teachers.new = fit(new)
+        teachers.new = teacher(new)
     if "ensemble" in uses:
-        teachers.new = EnsembleMean([fit(m) for m in members], batched=fast)
+        teachers.new = EnsembleMean([teacher(m) for m in members], batched=fold)
     return teachers
 
 

@@ -264,7 +264,7 @@ def load_references(args, mitigation: Mitigation, data: RunData, model: nn.Modul
     if "ensemble" in uses:
         loaded = [load(p, "ensemble", data.num_classes) for p in mitigation.ensemble]
         members, records["ensemble"] = [m for m, _, _ in loaded], [r for _, _, r in loaded]
-    teachers = build_teachers(uses, device, folds_teachers(device, args.precision), old, new, members)
+    teachers = build_teachers(uses, folds_teachers(device, args.precision), old, new, members)
     return References(old, teachers, old_model_setting(old_ckpt, old_record), records)
 
 

@@ -6,7 +6,15 @@ from torch import nn
 
 from conftest import busy_batchnorm_model
 from methods import get_method
-from utils.engine import EnsembleMean, NonFiniteLoss, Teachers, fold_batchnorm, prepare_teacher, train_one_epoch
+from utils.engine import (
+    EnsembleMean,
+    NonFiniteLoss,
+    Teachers,
+    build_teachers,
+    fold_batchnorm,
+    prepare_teacher,
+    train_one_epoch,
+)
 from utils.inputs import ImageSet, TrainLoader, no_transform
 from utils.runner import warmup
 
@@ -69,10 +77,28 @@ def test_folded_batchnorm_gives_the_same_logits(arch):
         torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=0)
 
 
+def test_folding_keeps_a_prepared_teachers_memory_format_and_inference_state():
+    """build_teachers folds models prepared once: the copy must stay as prepared (on CUDA,
+    channels-last), else a folded teacher would convert every batch."""
+    prepared = member(0).eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    folded = fold_batchnorm(prepared)
+    weights = [p for p in folded.parameters() if p.dim() == 4]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert not folded.training and not any(p.requires_grad for p in folded.parameters())
+
+
+def test_teachers_are_the_prepared_models_unless_folded():
+    old, new = member(0, num_classes=5), member(1)
+    plain = build_teachers({"old", "new"}, False, old, new)
+    assert plain.old is old and plain.new is new     # the scored old model is the teacher
+    folded = build_teachers({"old", "new"}, True, old, new)
+    assert folded.old is not old and not any(isinstance(m, nn.BatchNorm2d) for m in folded.old.modules())
+
+
 def test_prepared_teachers_fold_and_batch_together():
     """The runner's CUDA recipe, on the CPU: folded members, then a batched ensemble."""
     raw = [member(seed) for seed in range(2)]
-    prepared = [prepare_teacher(member(seed), torch.device("cpu"), fast=True) for seed in range(2)]
+    prepared = [fold_batchnorm(prepare_teacher(member(seed), torch.device("cpu"))) for seed in range(2)]
     x = inputs()
     with torch.inference_mode():
         torch.testing.assert_close(EnsembleMean(prepared, batched=True)(x), EnsembleMean(raw)(x),

@@ -1,4 +1,4 @@
-"""The per-sample cost of seeding a sample's augmentation (utils.inputs.SeededSamples) over the
+"""The per-sample cost of seeding a sample's augmentation (utils.batches.SeededSamples) over the
 plain random transform: mixing (seed, epoch, index) into one 32-bit seed, forking the CPU
 generator and seeding it. The transform is the official CIFAR one (RandomCrop(32, padding=4) +
 flip + ToTensor + Normalize of a 32 x 32 PIL image), the cheapest a pipeline uses, so the
@@ -23,7 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
-from utils.inputs import SeededSamples  # noqa: E402
+from utils.batches import SeededSamples  # noqa: E402
 from utils.pil_pipeline import official_transform  # noqa: E402
 
 

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from methods import get_method, method_names  # noqa: E402
 from models import build_model  # noqa: E402
+from utils.batches import TrainLoader  # noqa: E402
 from utils.data import num_old_classes  # noqa: E402
 from utils.device import PRECISIONS, folds_teachers, prefers_channels_last, setup_device  # noqa: E402
 from utils.engine import (  # noqa: E402
@@ -54,7 +55,7 @@ from utils.engine import (  # noqa: E402
     prepare_teacher,
     train_one_epoch,
 )
-from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, TrainLoader, eval_batches  # noqa: E402
+from utils.inputs import CIFAR_MEAN, CIFAR_STD, ImageSet, Normalize, eval_batches  # noqa: E402
 from utils.metrics import flip_metrics  # noqa: E402
 from utils.pil_pipeline import official_transform  # noqa: E402
 

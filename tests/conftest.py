@@ -105,6 +105,24 @@ def agreement(a: dict, b: dict) -> float:
     return sum(torch.equal(a[i], b[i]) for i in a) / len(a)
 
 
+def random_set(n: int, seed: int = 0, size: int = 32):
+    """An ``ImageSet`` of ``n`` random uint8 images (targets 0..n-1)."""
+    from utils.inputs import ImageSet
+
+    g = torch.Generator().manual_seed(seed)
+    return ImageSet(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+                    torch.arange(n))
+
+
+def epochs_of(loader, *epochs):
+    """Every batch of each epoch, as (images, targets) lists."""
+    out = []
+    for e in epochs:
+        loader.set_epoch(e)
+        out.append([(x.clone(), y.clone()) for x, y in loader])
+    return out
+
+
 def common_args(data_root, epochs: int = 1, **flags) -> list[str]:
     """The flags of a fast CPU run on the tiny data set; ``flags`` add or override
     (``batch_size=8`` -> ``--batch-size 8``)."""

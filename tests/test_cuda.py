@@ -2,7 +2,7 @@
 need two). ``python -m pytest -q -m cuda tests`` runs only these; tools/gpu_check.sh does that.
 
 - The device-resident augmentation on CUDA: exactly the CPU's batches (which
-  tests/utils/test_data.py checks against torchvision), and the same statistical checks of the
+  tests/utils/test_batches.py checks against torchvision), and the same statistical checks of the
   crop offsets and flips, recovered here from the augmented images themselves.
 - Precision: a ResNet-18's bf16-autocast logits against strict fp32 within a stated relative
   tolerance (and the default fp32 mode, whose cuDNN convolutions may use TF32, likewise); the
@@ -103,7 +103,7 @@ def test_crop_flip_on_cuda_equals_torchvision_for_every_offset():
     zero-padded image (and its mirror), computed on the CPU."""
     import torchvision.transforms.functional as TF
 
-    from utils.inputs import random_crop_flip
+    from utils.batches import random_crop_flip
 
     offsets = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)]
     images = random_uint8_set(len(offsets)).images
@@ -119,7 +119,8 @@ def test_crop_flip_on_cuda_equals_torchvision_for_every_offset():
 
 
 def loader_batches(data, device, epochs=(0, 3), **kwargs):
-    from utils.inputs import Normalize, TrainLoader
+    from utils.batches import TrainLoader
+    from utils.inputs import Normalize
 
     loader = TrainLoader(data.to(device), 16, seed=5,
                          normalize=Normalize(channels_last=device.type == "cuda"), **kwargs)
@@ -171,9 +172,10 @@ def recovered_randomness(x: torch.Tensor):
 
 @pytest.mark.parametrize("epoch", [0, 7])
 def test_augmentation_on_cuda_is_uniform_and_fair(epoch):
-    """tests/utils/test_data.py's chi-square checks (p = 0.001) of the offsets and the flip
+    """tests/utils/test_batches.py's chi-square checks (p = 0.001) of the offsets and the flip
     rate, on offsets read back from images augmented on the GPU by TrainLoader."""
-    from utils.inputs import Normalize, TrainLoader
+    from utils.batches import TrainLoader
+    from utils.inputs import Normalize
 
     n = 45_000
     identity = Normalize(mean=(0, 0, 0), std=(1 / 255, 1 / 255, 1 / 255))  # x = float(uint8)

@@ -37,9 +37,10 @@ from conftest import (
     write_tiny_imagenet,
 )
 from methods import get_method
+from utils.batches import TrainLoader
 from utils.engine import Teachers, train_one_epoch
 from utils.evaluation import split_logits
-from utils.inputs import ImageSet, TensorInputs, TrainLoader, no_transform
+from utils.inputs import ImageSet, TensorInputs, no_transform
 from utils.runner import load_data
 
 pytestmark = pytest.mark.slow   # every test here starts processes

@@ -1,7 +1,7 @@
 """Every fast path of the GPU runs here on the CPU, end to end for one epoch, and agrees with the
 plain fp32 path: bf16 autocast, channels-last, BatchNorm-folded teachers, the vmapped ELODI
 ensemble, torch.compile. (The device-resident loader is the default data path of every test;
-tests/utils/test_data.py checks it against torchvision's transforms.) Scoring is plain fp32 in
+tests/utils/test_batches.py checks it against torchvision's transforms.) Scoring is plain fp32 in
 every mode, so the old model's predictions and logits never change."""
 import json
 import shutil
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import utils.data
+import utils.cifar
 import utils.engine
 import utils.runner
 from conftest import NUM_CLASSES, NUM_OLD, common_args, run_inline
@@ -107,7 +107,7 @@ def test_folded_teachers_agree(plain, tiny_data, old_ckpt, new_ckpt, tmp_path, m
 
 
 def test_channels_last_agrees(plain, tiny_data, old_ckpt, new_ckpt, tmp_path, monkeypatch):
-    for module in (utils.runner, utils.engine, utils.data):
+    for module in (utils.runner, utils.engine, utils.cifar):
         monkeypatch.setattr(module, "prefers_channels_last", lambda device: True)
     fast = train(tmp_path, "channels_last", tiny_data, old_ckpt, new_ckpt)
     assert_agrees(fast, plain)

@@ -20,9 +20,9 @@ from tools.mpl import pyplot
 from tools.results import REFERENCES, Row, TableKey, find_runs, group, uses_b
 from tools.run_labels import run_method
 from utils.checkpoint import load_model, read_checkpoint
-from utils.data import load_dataset, normalizer
+from utils.data import load_dataset
 from utils.errors import UserError, exit_on_user_error
-from utils.inputs import eval_batches
+from utils.inputs import eval_batches, normalizer
 from utils.settings import flag
 
 

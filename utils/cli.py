@@ -26,9 +26,9 @@ from methods import (
 )
 from models import ARCHS
 from models.zoo import TORCHVISION, arch_problem, vit_patch
-from utils.data import DATASETS
 from utils.device import PRECISIONS
 from utils.errors import UserError, warn
+from utils.image_files import DATASETS
 from utils.settings import flag, run_settings
 
 # Defaults that depend on the data set or the architecture, used where neither the command line

@@ -123,7 +123,7 @@ def progress(iterable, **kwargs):
 
 
 def min_share(net: nn.Module) -> int:
-    """The fewest samples a process may train on in one step (``utils.inputs.BatchPlan``): 2 where
+    """The fewest samples a process may train on in one step (``utils.batches.BatchPlan``): 2 where
     a BatchNorm normalises by the process's own batch statistics (one sample has no variance;
     at 1x1 pixels BatchNorm refuses it), 1 otherwise (SyncBatchNorm's are the global batch's)."""
     per_process = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)

@@ -5,6 +5,9 @@ fixed: they are computed once (train and test splits, each process its shard, ga
 the head trains on the cached tensors, one backbone pass per image for the whole run instead
 of one per image per epoch. Reference models that share the same frozen backbone (the old and
 new ViT heads of Table 4) are run as heads on the same cache.
+
+Reached from utils/runner.py, on the ``Inputs`` of a reader; the cached tensors are fed as
+``TensorInputs`` (utils/inputs.py) with the ``TrainLoader`` of utils/batches.py.
 """
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ import torch
 from torch import nn
 
 from utils import distributed as dist
+from utils.batches import TrainLoader
 from utils.engine import predict
 from utils.errors import UserError
-from utils.inputs import ImageSet, TensorInputs, TrainLoader, no_transform
+from utils.inputs import ImageSet, TensorInputs, no_transform
 
 
 def cache_features(inputs, backbone: nn.Module, args, device: torch.device) -> TensorInputs:
@@ -31,12 +35,6 @@ def cache_features(inputs, backbone: nn.Module, args, device: torch.device) -> T
                         inputs.rank, inputs.world, inputs.min_share)
 
 
-def same_weights(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(
-        sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
-
-
 def head_on(model: nn.Module, backbone: nn.Module, path: str) -> nn.Module:
     """The part of reference ``model`` above ``backbone``, to run on the cached features;
     an error if ``model`` was trained on another backbone (its cached inputs would differ)."""
@@ -45,3 +43,9 @@ def head_on(model: nn.Module, backbone: nn.Module, path: str) -> nn.Module:
                         "the cached features; train the reference models with the same --arch, "
                         "--freeze-backbone, --pretrained and --image-size")
     return model.head()
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)

@@ -1,15 +1,18 @@
 """Where a data set's images lie on disk and how they are read with numpy and PIL alone (no
-torch): the training code (utils/data.py) and the flip analysis (tools/flips.py, which shows the
-test images that flip) list and order them here, so that a test-set index means the same image in
-both.
+torch): the bottom of the data path. The readers of the training code (utils/cifar.py,
+utils/imagenet.py) and the flip analysis (tools/flips.py, which shows the test images that flip)
+list and order them here, so that a test-set index means the same image in both. It imports no
+other data module, and no torch: tools/flips.py starts without it.
 
-    image folders   <root>/<split>/<class>/<image>: sorted class names give the class indices,
-                    sorted file names the order within a class (ImageNet: split "val")
+    image folders   <root>/<split>/<class>/<image>: sorted class names give the class indices
+                    (``class_folders``, the same in both splits), sorted file names the order
+                    within a class (``class_images``; ImageNet: split "val")
     --dataset folder  <root>/<split>/<class>/...: the images of every class in torchvision's
                     ImageFolder order (sorted class names, then the sorted paths under each,
                     subfolders included; ``folder_samples``), the class indices from the run's
-                    class list (``--classes FILE``, else the sorted names); split "val" or "test"
-    torchvision's   the pickled CIFAR batches, in the files' own order
+                    class list (``--classes FILE``, ``class_list``, else the sorted names); split
+                    "val" or "test" (``folder_test_split``)
+    torchvision's   the pickled CIFAR batches, in the files' own order (``cifar_batches``)
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.errors import UserError
+from utils.errors import UserError, listing
 
 # Number of classes of each data set; ImageNet's and a folder's come from the folders (tests use a
 # few classes).
@@ -39,6 +42,23 @@ CIFAR_FILES = {
 }
 
 
+def class_folders(train: Path, test: Path) -> list:
+    """The sorted class folders, which must be the same in both splits: a class missing from
+    one would silently shift the label of every class after it."""
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    test_classes = sorted(p.name for p in test.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"{train} holds no class folders; expected {train}/<class>/<images>")
+    if classes != test_classes:
+        only_train = sorted(set(classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(classes))
+        differ = "; ".join(f"only in {folder}: {listing(names)}"
+                           for folder, names in ((train, only_train), (test, only_test)) if names)
+        raise UserError(f"{train} and {test} must hold the same class folders ({differ}); "
+                        "add or remove class folders so that both splits list the same classes")
+    return classes
+
+
 def class_images(folder: Path) -> list[Path]:
     """The images of one class folder, in the order that gives them their indices."""
     return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
@@ -55,19 +75,6 @@ def folder_test_split(root: Path) -> Path:
         raise UserError(f"--dataset folder needs {root}/train/<class>/ and {root}/val/<class>/ (or test/), "
                         f"one folder of images per class; {root} has no val/ or test/")
     return found[0]
-
-
-def folder_samples(folder: Path, class_index: dict) -> list[tuple[str, int]]:
-    """(path, class index) of every image under ``folder``/<class>/ for the classes of
-    ``class_index`` (name -> index): torchvision's ``make_dataset`` order, read without torch
-    (sorted class names, then every image under the class's folder, subfolders included, in
-    sorted order), so that the flip analysis names the images the training code read."""
-    samples = []
-    for name in sorted(class_index):
-        for parent, _, files in sorted(os.walk(folder / name, followlinks=True)):
-            samples += [(os.path.join(parent, f), class_index[name]) for f in sorted(files)
-                        if f.lower().endswith(IMAGE_SUFFIXES)]
-    return samples
 
 
 def class_list(path, what: str = "--classes") -> list[str]:
@@ -93,14 +100,6 @@ def cifar_folder(name: str, root: Path) -> Path:
     return root if root.name == folder_name else root / folder_name
 
 
-def read_pickle(path: Path, name: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise UserError(f"cannot read {path} ({err}); is it one of torchvision's {name} files?") from None
-
-
 def cifar_batches(name: str, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
     """The uint8 (N, 3, 32, 32) images and the labels of torchvision's pickled batch files."""
     labels_key = CIFAR_FILES[name][5]
@@ -113,6 +112,14 @@ def cifar_batches(name: str, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
         except (KeyError, ValueError, TypeError) as err:
             raise UserError(f"{path} is not a {name} batch ({err!r})") from None
     return np.concatenate(images), targets
+
+
+def read_pickle(path: Path, name: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise UserError(f"cannot read {path} ({err}); is it one of torchvision's {name} files?") from None
 
 
 class TestImages:
@@ -154,3 +161,16 @@ class TestImages:
             return self._pixels[index].transpose(1, 2, 0)
         with Image.open(self.root / self.paths[index]) as im:
             return np.asarray(im.convert("RGB"))
+
+
+def folder_samples(folder: Path, class_index: dict) -> list[tuple[str, int]]:
+    """(path, class index) of every image under ``folder``/<class>/ for the classes of
+    ``class_index`` (name -> index): torchvision's ``make_dataset`` order, read without torch
+    (sorted class names, then every image under the class's folder, subfolders included, in
+    sorted order), so that the flip analysis names the images the training code read."""
+    samples = []
+    for name in sorted(class_index):
+        for parent, _, files in sorted(os.walk(folder / name, followlinks=True)):
+            samples += [(os.path.join(parent, f), class_index[name]) for f in sorted(files)
+                        if f.lower().endswith(IMAGE_SUFFIXES)]
+    return samples

@@ -5,9 +5,14 @@ The sorted wnids give the class indices (the class split takes the first round(F
 number of classes is what the folders hold, so a few-class folder works as well as all 1,000.
 Images are decoded, cropped and flipped in DataLoader workers (the standard recipe:
 RandomResizedCrop + RandomHorizontalFlip for training, each sample's from its own seed
-(``utils.inputs.SeededSamples``), Resize(256/224 of the size) + CenterCrop for evaluation) as
+(``utils.batches.SeededSamples``), Resize(256/224 of the size) + CenterCrop for evaluation) as
 uint8 tensors; the training device normalises them with the same
 ``Normalize`` as CIFAR, so a batch crosses to the GPU in a quarter of the float32 bytes.
+
+Reached from utils/data.py (``load_dataset``). Here, in order: the readers (``load_image_folder``,
+``load_imagenet``; where the images lie: utils/image_files.py), the ``ImageFiles`` they list, the
+``FolderDataset`` they return and its pipeline, ``FileInputs``; next: utils/batches.py
+(``SeededLoader``, ``BatchPlan``, ``SeededSamples``) and ``Normalize`` (utils/inputs.py).
 """
 from __future__ import annotations
 
@@ -19,59 +24,14 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
+from utils.batches import BatchPlan, SeededLoader, SeededSamples
 from utils.device import prefers_channels_last
 from utils.errors import UserError, listing
-from utils.image_files import class_list, folder_test_split
-from utils.inputs import (
-    NORMALIZATION,
-    BatchPlan,
-    Dataset,
-    Inputs,
-    Normalize,
-    SeededLoader,
-    SeededSamples,
-    class_folders,
-)
+from utils.image_files import class_folders, class_list, folder_test_split
+from utils.inputs import NORMALIZATION, Dataset, Inputs, Normalize
 
 TRAIN, EVAL = "train", "val"
 DEFAULT_SIZE = 224
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """(path, class index) pairs, read with PIL and passed through ``transform``."""
-
-    def __init__(self, samples: list, transform=None):
-        self.samples, self.transform = samples, transform
-        self.targets = torch.tensor([t for _, t in samples], dtype=torch.int64)
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        path, target = self.samples[i]
-        try:
-            image = default_loader(path)
-        except (OSError, ValueError) as err:  # PIL's errors for truncated or non-image files
-            raise UserError(f"cannot decode the image {path} ({err}); replace or remove it") from None
-        return (self.transform(image) if self.transform else image), target
-
-    def classes_below(self, num_classes: int) -> "ImageFiles":
-        return ImageFiles([s for s in self.samples if s[1] < num_classes], self.transform)
-
-    def subset(self, index) -> "ImageFiles":
-        """The samples at ``index`` (a 1-d tensor of indices)."""
-        return ImageFiles([self.samples[i] for i in index.tolist()], self.transform)
-
-    def with_transform(self, transform) -> "ImageFiles":
-        return ImageFiles(self.samples, transform)
-
-
-@dataclass
-class FolderDataset(Dataset):
-    """A ``Dataset`` whose splits are ``ImageFiles``, fed through DataLoaders."""
-
-    def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1, min_share: int = 1) -> "FileInputs":
-        return FileInputs(self.splits, args, device, rank, world, min_share)
 
 
 def load_image_folder(root: Path, classes_file=None) -> FolderDataset:
@@ -121,10 +81,41 @@ def image_files(classes: list, *folders: Path) -> list:
     return splits
 
 
-def on_device(loader: DataLoader, normalize: Normalize, device: torch.device):
-    """The uint8 batches of ``loader``, delivered normalised on the training device."""
-    for images, targets in loader:
-        yield normalize(images.to(device, non_blocking=True)), targets.to(device, non_blocking=True)
+class ImageFiles(torch.utils.data.Dataset):
+    """(path, class index) pairs, read with PIL and passed through ``transform``."""
+
+    def __init__(self, samples: list, transform=None):
+        self.samples, self.transform = samples, transform
+        self.targets = torch.tensor([t for _, t in samples], dtype=torch.int64)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, target = self.samples[i]
+        try:
+            image = default_loader(path)
+        except (OSError, ValueError) as err:  # PIL's errors for truncated or non-image files
+            raise UserError(f"cannot decode the image {path} ({err}); replace or remove it") from None
+        return (self.transform(image) if self.transform else image), target
+
+    def classes_below(self, num_classes: int) -> "ImageFiles":
+        return ImageFiles([s for s in self.samples if s[1] < num_classes], self.transform)
+
+    def subset(self, index) -> "ImageFiles":
+        """The samples at ``index`` (a 1-d tensor of indices)."""
+        return ImageFiles([self.samples[i] for i in index.tolist()], self.transform)
+
+    def with_transform(self, transform) -> "ImageFiles":
+        return ImageFiles(self.samples, transform)
+
+
+@dataclass
+class FolderDataset(Dataset):
+    """A ``Dataset`` whose splits are ``ImageFiles``, fed through DataLoaders."""
+
+    def inputs(self, args, device: torch.device, rank: int = 0, world: int = 1, min_share: int = 1) -> "FileInputs":
+        return FileInputs(self.splits, args, device, rank, world, min_share)
 
 
 class FileInputs(Inputs):
@@ -161,3 +152,9 @@ class FileInputs(Inputs):
             if split != "train":
                 self._eval_loaders[split] = loader
         return on_device(loader, self.normalize, self.device)
+
+
+def on_device(loader: DataLoader, normalize: Normalize, device: torch.device):
+    """The uint8 batches of ``loader``, delivered normalised on the training device."""
+    for images, targets in loader:
+        yield normalize(images.to(device, non_blocking=True)), targets.to(device, non_blocking=True)

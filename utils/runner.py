@@ -31,7 +31,6 @@ from utils.checkpoint import (
     remove_stale_temporaries,
 )
 from utils.data import (
-    Dataset,
     fetch_dataset,
     input_spec,
     load_dataset,
@@ -45,6 +44,7 @@ from utils.errors import UserError, warn
 from utils.evaluation import Scorer, Scores
 from utils.external import load_external
 from utils.features import cache_features, head_on
+from utils.inputs import Dataset
 from utils.outputs import (
     PREDICTIONS_FILE,
     RESULTS_FILE,

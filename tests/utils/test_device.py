@@ -1,14 +1,15 @@
 """The device and precision policy (utils/device.py), the resumable random state of one GPU
-(utils/state.py), and the global batch's division among processes (utils/inputs.py)."""
+(utils/state.py), and the global batch's division among processes (utils/batches.py)."""
 import random
 
 import numpy as np
 import pytest
 import torch
 
+from utils.batches import TrainLoader
 from utils.device import autocast
 from utils.errors import UserError
-from utils.inputs import ImageSet, Normalize, TensorInputs, TrainLoader
+from utils.inputs import ImageSet, Normalize, TensorInputs
 from utils.state import rng_state, set_rng_state
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)  # a device object needs no GPU

@@ -6,6 +6,7 @@ from torch import nn
 
 from conftest import busy_batchnorm_model
 from methods import get_method
+from utils.batches import TrainLoader
 from utils.engine import (
     EnsembleMean,
     NonFiniteLoss,
@@ -15,7 +16,7 @@ from utils.engine import (
     prepare_teacher,
     train_one_epoch,
 )
-from utils.inputs import ImageSet, TrainLoader, no_transform
+from utils.inputs import ImageSet, no_transform
 from utils.runner import warmup
 
 

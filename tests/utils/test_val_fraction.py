@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-import utils.data
+import utils.cifar
 import utils.runner
 from conftest import NUM_OLD, assert_user_error, common_args, error_of, run_inline
 from utils.data import load_dataset, validation_split
@@ -15,12 +15,12 @@ from utils.data import load_dataset, validation_split
 def test_old_model_trains_on_the_rest_and_reports_val(tiny_data, tmp_path, monkeypatch):
     seen = []
 
-    class Recording(utils.data.TrainLoader):
+    class Recording(utils.cifar.TrainLoader):
         def __init__(self, data, *args, **kwargs):
             seen.append(len(data))
             super().__init__(data, *args, **kwargs)
 
-    monkeypatch.setattr(utils.data, "TrainLoader", Recording)
+    monkeypatch.setattr(utils.cifar, "TrainLoader", Recording)
     out = tmp_path / "run"
     run_inline("train_old_model.py", *common_args(tiny_data, val_fraction=0.25, precision="fp32"),
                "--output-dir", out, "--save", tmp_path / "old.pth")

@@ -53,11 +53,10 @@ def fetch_dataset(name: str, root: str | os.PathLike):
 
 def num_old_classes(num_classes: int, old_fraction: float) -> int:
     """C_old: the first round(fraction * C) classes, in the data set's own order; fraction 1.0
-    is a same-class update (C_old = C: every class is old)."""
-    if not 0 < old_fraction <= 1:
-        raise UserError(f"--old-fraction must lie in (0, 1], got {old_fraction}")
+    is a same-class update (C_old = C: every class is old). The flag's range is checked with the
+    other flags (utils.cli.validate); what depends on C is checked here."""
     c_old = int(round(num_classes * old_fraction))
-    if old_fraction < 1 and not 1 <= c_old < num_classes:
+    if old_fraction != 1 and not 1 <= c_old < num_classes:
         raise UserError(f"--old-fraction {old_fraction} leaves {c_old} of {num_classes} classes "
                         "as old classes; it must leave at least one old and one new class "
                         "(or be 1.0: an update on the same classes)")

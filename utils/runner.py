@@ -1,6 +1,6 @@
 """One training run, shared by the three scripts, as a short sequence of named steps:
 
-    load_data -> build_model -> load_references -> fit (scoring every epoch) -> write_outputs
+    load_data -> build_trained_model -> dataset.inputs -> load_references -> fit (scoring every epoch) -> write_outputs
 
 Each step is a function with explicit inputs and outputs; ``run`` calls them in order. The
 device and precision policy is utils/device.py, the scoring utils/evaluation.py, the resumable

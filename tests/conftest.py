@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402  (after the path setup, like every import of the repository)
+from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from models import build_model  # noqa: E402
@@ -28,12 +29,15 @@ NUM_CLASSES = 10   # cifar10's class count: the tiny data set stands in for it
 NUM_OLD = 5        # the first half (--old-fraction 0.5)
 
 
+def write_png(image: torch.Tensor, path: Path):
+    """A uint8 (3, H, W) image as a PNG, with PIL (torchvision 0.29 deprecates its encoders)."""
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+
+
 def write_tiny_dataset(root: Path, num_classes: int = NUM_CLASSES, train: int = 8, test: int = 4,
                        seed: int = 0) -> Path:
     """An image-folder data set root/{train,test}/<class>/*.png of 32x32 RGB images; each class
     has its own mean colour so that a model can learn something in a few steps."""
-    from torchvision.io import write_png
-
     g = torch.Generator().manual_seed(seed)
     for split, per_class in (("train", train), ("test", test)):
         for c in range(num_classes):
@@ -42,7 +46,7 @@ def write_tiny_dataset(root: Path, num_classes: int = NUM_CLASSES, train: int = 
             colour = torch.tensor([25 * c, 255 - 25 * c, (80 * c) % 256]).view(3, 1, 1)
             for i in range(per_class):
                 noise = torch.randint(-40, 41, (3, 32, 32), generator=g)
-                write_png((colour + noise).clamp(0, 255).to(torch.uint8), str(folder / f"{i:03d}.png"))
+                write_png((colour + noise).clamp(0, 255).to(torch.uint8), folder / f"{i:03d}.png")
     return root
 
 

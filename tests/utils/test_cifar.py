@@ -3,9 +3,8 @@ their checksums, broken ones named."""
 import numpy as np
 import pytest
 import torch
-from torchvision.io import write_png
 
-from conftest import write_cifar_pickles
+from conftest import write_cifar_pickles, write_png
 from utils.cifar import load_cifar
 from utils.errors import UserError
 
@@ -20,7 +19,7 @@ def test_load_cifar_reads_an_image_folder(tmp_path):
             (tmp_path / split / name).mkdir(parents=True)
             for i in range(per_class):
                 image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g)
-                write_png(image, str(tmp_path / split / name / f"{i:02d}.png"))
+                write_png(image, tmp_path / split / name / f"{i:02d}.png")
                 written[(split, name, i)] = image
     (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
 

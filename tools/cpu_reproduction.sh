@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The README's CPU-scale Table 1 and Figure 4: CIFAR-10 (5 old -> 10 classes), torchvision
 # ResNet-18 from scratch, 5 epochs for every model, the official hyperparameters otherwise.
-#   tools/cpu_reproduction.sh DATA_ROOT [OUT]      (about 8 hours on 2 CPU cores)
+#   tools/cpu_reproduction.sh DATA_ROOT [OUT]
+# About 7 hours on 2 idle CPU cores, from the runs measured: 5 minutes a No_Treatment run, 8 an MPT
+# run (ELODI's runs, with 8 teachers, are not measured yet); twice that on a loaded machine.
 # DATA_ROOT: CIFAR-10 in torchvision's format or as train/<class>/* + test/<class>/* folders.
 # OUT (default results/cpu_cifar10/table1) receives, under relative paths as given:
 #   old, new                       the reference models (seed 42), checkpoints ckpt_old.pth, ckpt_new.pth
 #   ensemble/ckpt_I.pth, runs/     the 8 ELODI members (train_new_model.py --seed I, I = 0..7)
 #   update/METHOD[-bB]-seedS       all 11 methods over SEEDS, and MPT_KL at b = 1 and 2
 #   tables.md / tables.csv         Table 1 (mean +- sd over seeds, t-interval of the mean)
-#   flips/                         the flip study of the groups (tools.flips)
+#   flips/                         the flip study of the groups (tools.flips; DATA_ROOT's images)
 #   b_sweep.png                    Figure 4: NFR and ER against b, sd over seeds
 # Every run is started with --resume auto: finished runs are skipped and killed ones continue
 # where they stopped, so the same command completes the study after any interruption. A run that
@@ -77,6 +79,6 @@ for seed in "${seeds[@]}"; do
 done
 
 $PY -m tools.tables "$OUT/old" "$OUT/new" "$OUT/update" --ci --out "$OUT"
-$PY -m tools.flips "$OUT"/update/* --out "$OUT/flips" --baseline "$OUT/update/No_Treatment-seed42"
+$PY -m tools.flips "$OUT"/update/* --out "$OUT/flips" --baseline "$OUT/update/No_Treatment-seed42" --data-root "$DATA"
 $PY -m tools.plots b-sweep "$OUT/update" --out "$OUT/b_sweep.png"
 exit $failed

@@ -21,7 +21,7 @@ import torch
 from utils.batches import SPLIT, mix_seed
 from utils.cifar import fetch_cifar, load_cifar
 from utils.errors import UserError
-from utils.image_files import DATASETS
+from utils.image_files import CIFAR_FILES, DATASETS
 from utils.imagenet import load_image_folder, load_imagenet
 from utils.inputs import Dataset, normalization
 
@@ -47,7 +47,7 @@ def load_dataset(name: str, root: str | os.PathLike, download: bool = True, clas
 def fetch_dataset(name: str, root: str | os.PathLike):
     """Download CIFAR in torchvision's format into ``root`` where neither its files nor image
     folders are there (a no-op for the other data sets and for data already in place)."""
-    if name in ("cifar10", "cifar100"):
+    if name in CIFAR_FILES:
         fetch_cifar(name, Path(root))
 
 

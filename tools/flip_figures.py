@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.mpl import pyplot
+from tools.run_labels import NO_BIAS
 
 # Above this many old classes a flip matrix is a speckle: the top confusions are shown instead.
 MATRIX_MAX_CLASSES = 30
@@ -210,7 +211,7 @@ def plot_margins(entries: list[dict], runs: list[dict], colours: dict, out: Path
 
 def sweep_curves(groups: list[dict]) -> dict:
     """{curve: its groups in increasing b} for the curves (a method with its other settings) seen
-    at two or more values of b."""
+    at two or more values of b; a _nobias ablation's group is its method's point at b = 0."""
     curves = {}
     for g in groups:
         if g["b"] is not None:
@@ -229,7 +230,8 @@ def plot_nfr_vs_b(curves: dict, colours: dict, out: Path):
             b = [g["b"] for g in gs]
             mean = [math.nan if g[f"{key}_mean"] is None else g[f"{key}_mean"] for g in gs]
             seeds = "/".join(str(g["n"]) for g in gs)
-            ax.plot(b, mean, marker="o", color=f"C{k}", label=f"{curve} (runs per b: {seeds})")
+            ablation = "".join(f"; b = 0: {g['method']}" for g in gs if g["method"].endswith(NO_BIAS))
+            ax.plot(b, mean, marker="o", color=f"C{k}", label=f"{curve} (runs per b: {seeds}{ablation})")
             spread = [i for i, g in enumerate(gs) if g[f"{key}_sd"] is not None and not math.isnan(g[f"{key}_sd"])]
             if spread:
                 ax.errorbar([b[i] for i in spread], [mean[i] for i in spread],

@@ -48,7 +48,8 @@ no seed). Written to DIR:
                  matrix per run, flip_matrix_<label>.png, all on one colour scale, above that
                  top_confusions.png; flip_split.png (old -> old versus old -> new flips per run);
                  margins.png where margins were saved; nfr_vs_b.png where groups of one method
-                 differ only in b (a group of one run drawn without an error bar);
+                 differ only in b (a group of one run drawn without an error bar; a _nobias
+                 ablation is its method at b = 0);
                  flipped_samples.png with --data-root (test images that flip, stratified over the
                  true classes: each class's most flipped in turn)
 
@@ -717,7 +718,7 @@ def main(argv=None):
     for run, name in zip(runs, names):
         run["label"], run["group"], run["curve"] = name.label, name.group, name.curve
         method = run_method(run["results"])
-        run["method"], run["b"] = method.name, method.b
+        run["method"], run["b"] = method.name, method.sweep[1] if method.sweep else None
     baseline = find_baseline(runs, args.baseline) if args.baseline else None
     images = None
     if args.data_root:  # the reference run's test images, named by a run of them that records its data set

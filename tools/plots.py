@@ -3,13 +3,15 @@
     python -m tools.plots embeddings RUN [RUN ...] --out fig3.png   Figure 3: one panel per run of a
         --embed-dim 2 model, its 2-D test embeddings (model.features) coloured by class
     python -m tools.plots b-sweep SWEEP --out fig4.png              Figure 4: ER(Y_all) as bars and
-        NFR as lines against b, for the MPT variants found under SWEEP (tools/sweep_b.sh)
+        NFR as lines against b, for the MPT variants found under SWEEP (tools/sweep_b.sh); a
+        _nobias ablation among them is its method's point at b = 0
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +20,7 @@ import torch
 
 from tools.mpl import pyplot
 from tools.results import REFERENCES, Row, TableKey, find_runs, group, uses_b
-from tools.run_labels import run_method
+from tools.run_labels import NO_BIAS, run_method, sweep_point
 from utils.checkpoint import load_model, read_checkpoint
 from utils.data import load_dataset
 from utils.errors import UserError, exit_on_user_error
@@ -135,15 +137,18 @@ def plot_embeddings(run_dirs, out: Path, data_root=None, batch_size=512, device=
 # ---------------------------------------------------------------------------------------------
 def sweep_rows(folders) -> dict[TableKey, dict[str, list[Row]]]:
     """For each table, the rows of each curve (a method that uses b, with its other settings),
-    in increasing b."""
+    in increasing b; a _nobias ablation's row is its method's point at b = 0 (``sweep_point``),
+    under its own method's name."""
     out = {}
     for key, rows in group(find_runs(folders)).items():
         by_method = {}
         for row in rows:
-            if row.b is not None:  # a method that uses b
-                by_method.setdefault(row.curve, []).append(row)
+            point = sweep_point(row.method, row.b)
+            if point is not None:
+                curve = replace(row, method=point[0]).curve
+                by_method.setdefault(curve, []).append(replace(row, b=point[1]))
         if by_method:
-            out[key] = by_method
+            out[key] = {curve: sorted(rows, key=lambda row: row.b) for curve, rows in by_method.items()}
     if not out:
         raise UserError(f"no run of a method that uses b (MPT_KL, MPT_LM, ...) under "
                         f"{', '.join(map(str, folders))}")
@@ -171,7 +176,9 @@ def plot_b_sweep(folders, out: Path, split="test"):
             nfr_ax.errorbar([slot[row.b] for row in rows], [s[0] for s in nfr],
                             yerr=[0 if math.isnan(s[1]) else s[1] for s in nfr], color=colour,
                             marker="o", label=f"{method} NFR")
-        ax.set_xticks(range(len(bs)), [f"{b:g}" for b in bs])
+        # b = 0 read from the _nobias ablations: the tick says so
+        ablation_at = {row.b for rows in by_method.values() for row in rows if row.method.endswith(NO_BIAS)}
+        ax.set_xticks(range(len(bs)), [f"{b:g}" + (f"\n(*{NO_BIAS})" if b in ablation_at else "") for b in bs])
         ax.set_xlabel("b")
         ax.set_ylabel(f"ER(Y_all) %{suffix} (bars)")
         nfr_ax.set_ylabel(f"NFR %{suffix} (lines)")
@@ -180,7 +187,7 @@ def plot_b_sweep(folders, out: Path, split="test"):
         handles, labels = (sum(pair, []) for pair in zip(ax.get_legend_handles_labels(),
                                                          nfr_ax.get_legend_handles_labels()))
         ax.legend(handles, labels, fontsize=7, ncol=len(by_method), loc="upper center",
-                  bbox_to_anchor=(0.5, -0.15), frameon=False)
+                  bbox_to_anchor=(0.5, -0.2 if ablation_at else -0.15), frameon=False)
     fig.tight_layout()
     _save(fig, out)
 

@@ -48,10 +48,24 @@ def _value(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+NO_BIAS = "_nobias"
+
+
+def sweep_point(method: str | None, b: float | None) -> tuple[str, float] | None:
+    """Where a run lies in a sweep over the margin bias: (the method whose curve it is on, b), or
+    None for a method without b. An ablation without the bias is its method's point at b = 0
+    (cross-entropy with a bias of 0 is plain cross-entropy): MPT_KL_nobias is MPT_KL at b = 0."""
+    if b is not None:
+        return method, b
+    if method and method.endswith(NO_BIAS):
+        return method.removesuffix(NO_BIAS), 0.0
+    return None
+
+
 def name_takes_b(method: str | None) -> bool:
     """For records without a "method" record: whether the method's name says that it takes the
     margin bias b (MPT_KL, MPT_LM, MPT_nodistillation; not the _nobias ablations)."""
-    return bool(method) and method.startswith("MPT") and not method.endswith("nobias")
+    return bool(method) and method.startswith("MPT") and not method.endswith(NO_BIAS)
 
 
 class MethodRecord(NamedTuple):
@@ -65,6 +79,11 @@ class MethodRecord(NamedTuple):
         """The margin bias the run trained with, None for a method that takes none."""
         value = self.hyperparameters.get("b")
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    @property
+    def sweep(self) -> tuple[str, float] | None:
+        """The run's point in a sweep over b (``sweep_point``)."""
+        return sweep_point(self.name, self.b)
 
     def parts(self, with_b: bool = True) -> list[str]:
         """The method and its hyperparameters as they enter a label: b always where the method
@@ -100,7 +119,8 @@ def differing_settings(configs: list[dict]) -> list[str]:
 class RunName(NamedTuple):
     label: str   # the run: MPT_KL-b4-seed42
     group: str   # its group, the label without the seed: MPT_KL-b4
-    curve: str   # the group without b: the runs of one line of a sweep over b, MPT_KL
+    curve: str   # the group without b: the runs of one line of a sweep over b, MPT_KL (also of
+                 # MPT_KL_nobias, its point at b = 0: sweep_point)
 
 
 def labels(records: list[dict], fixed: list[str | None] | None = None) -> list[RunName]:
@@ -124,7 +144,10 @@ def labels(records: list[dict], fixed: list[str | None] | None = None) -> list[R
             group = record["method"]["label"] if method.recorded and record["method"].get("label") else \
                 "-".join(method.parts())
             group = "-".join([group, *other])
-            curve = "-".join(method.parts(with_b=False) + other)
+            curve_parts = method.parts(with_b=False)
+            if method.sweep:  # the _nobias ablations lie on their method's curve
+                curve_parts[0] = method.sweep[0]
+            curve = "-".join(curve_parts + other)
             label = group + (f"-seed{config['seed']}" if config.get("seed") is not None else "")
         seen[label] = seen.get(label, 0) + 1
         if seen[label] > 1:

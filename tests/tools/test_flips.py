@@ -880,6 +880,35 @@ def test_nfr_vs_b_draws_no_error_bar_for_one_run(tmp_path, monkeypatch):
     assert list(line.get_xdata()) == [2.0, 4.0]               # both points drawn
 
 
+def test_nfr_vs_b_puts_the_nobias_ablation_at_b_0(tmp_path, monkeypatch):
+    """A _nobias group is its method's point at b = 0: on MPT_KL's curve, its group's b is 0."""
+    from tools import flip_figures
+
+    figures = []
+    real_save = flip_figures._save
+    monkeypatch.setattr(flip_figures, "_save", lambda fig, out: (figures.append((out.name, fig)), real_save(fig, out)))
+    runs = write_study(tmp_path / "runs")[:5]      # MPT_KL at b = 2 (3 runs) and b = 4 (2 runs)
+    for seed, flipped in ((1, {0: 3, 1: 3, 2: 4}), (2, {0: 3, 1: 4})):
+        pred = list(STUDY_TARGETS)
+        for sample, to in flipped.items():
+            pred[sample] = to
+        run = write_run(tmp_path / "runs" / f"nobias-{seed}", targets=STUDY_TARGETS, old_pred=STUDY_OLD,
+                        pred=pred, method="MPT_KL_nobias", num_old=3, classes=list("abcdef"))
+        results = json.loads((run / "results.json").read_text())
+        del results["config"]["b"]
+        results["config"]["seed"] = seed
+        (run / "results.json").write_text(json.dumps(results))
+        runs.append(run)
+    report = flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "20"])
+    groups = {g["label"]: g for g in report["groups"]}
+    assert groups["MPT_KL_nobias"]["b"] == 0.0 and groups["MPT_KL_nobias"]["curve"] == "MPT_KL"
+    line = dict(figures)["nfr_vs_b.png"].axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [0.0, 2.0, 4.0]
+    # NFR over the 8 old-class samples the old model gets right of 9: 3 and 2 flips at b = 0
+    assert line.get_ydata()[0] == pytest.approx(100 * 2.5 / 9)
+    assert "b = 0: MPT_KL_nobias" in line.get_label()
+
+
 def test_flipped_samples_are_stratified_over_classes():
     from tools.flip_figures import stratified_samples
 

@@ -38,6 +38,23 @@ def test_b_sweep_figure(tmp_path, fake_run, saved_figures):
     assert [list(c) for c in curves] == [pytest.approx([5.15 - b for b in (0.0, 1.0, 4.0)])] * 2
 
 
+def test_b_sweep_puts_the_nobias_ablation_at_b_0(tmp_path, fake_run, saved_figures):
+    """MPT_KL_nobias is MPT_KL at b = 0 (CE with a bias of 0 is CE): one curve over b = 0, 2, 4,
+    its b = 0 tick naming the ablation; a method without b stays out."""
+    for method, b in (("MPT_KL", 4.0), ("MPT_KL_nobias", None), ("MPT_KL", 2.0), ("PCT_KL", None)):
+        for seed in (1, 2):
+            fake_run(tmp_path / f"{method}-b{b}-{seed}", method=method, b=b, seed=seed,
+                     er_all=30 + (b or 0) + seed, nfr=9 - (b or 0) + seed / 10)
+    plots.main(["b-sweep", str(tmp_path), "--out", str(tmp_path / "fig4.png")])
+    (fig,) = saved_figures
+    er_ax, nfr_ax = fig.axes
+    assert [p.get_height() for p in er_ax.patches] == pytest.approx([31.5, 33.5, 35.5])
+    (curve,) = [line for line in nfr_ax.get_lines() if line.get_marker() == "o"]
+    assert list(curve.get_ydata()) == pytest.approx([9.15, 7.15, 5.15])
+    assert [t.get_text() for t in er_ax.get_xticklabels()] == ["0\n(*_nobias)", "2", "4"]
+    assert er_ax.get_legend_handles_labels()[1] == ["MPT_KL ER(Y_all)"]
+
+
 def test_b_sweep_needs_runs_that_use_b(tmp_path, fake_run, capsys):
     fake_run(tmp_path / "pct", method="PCT_KL", er_all=1.0, nfr=1.0)
     with pytest.raises(SystemExit) as exc:

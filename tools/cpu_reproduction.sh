@@ -2,8 +2,9 @@
 # The README's CPU-scale Table 1 and Figure 4: CIFAR-10 (5 old -> 10 classes), torchvision
 # ResNet-18 from scratch, 5 epochs for every model, the official hyperparameters otherwise.
 #   tools/cpu_reproduction.sh DATA_ROOT [OUT]
-# About 7 hours on 2 idle CPU cores, from the runs measured: 5 minutes a No_Treatment run, 8 an MPT
-# run (ELODI's runs, with 8 teachers, are not measured yet); twice that on a loaded machine.
+# About 7 hours on 2 idle CPU cores, from the runs measured: 5 minutes a No_Treatment run or an
+# ensemble member, 8 an MPT run, 16 an ELODI run (8 teachers a step after its first epoch); twice
+# that on a loaded machine.
 # DATA_ROOT: CIFAR-10 in torchvision's format or as train/<class>/* + test/<class>/* folders.
 # OUT (default results/cpu_cifar10/table1) receives, under relative paths as given:
 #   old, new                       the reference models (seed 42), checkpoints ckpt_old.pth, ckpt_new.pth

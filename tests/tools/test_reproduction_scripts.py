@@ -35,7 +35,7 @@ def test_cpu_reproduction_trains_every_method_and_writes_the_table_the_flips_and
     rows = {r["row"]: r for r in csv.DictReader((out / "tables.csv").open()) if r["split"] == "test"}
     assert set(rows) == {
         "Old model", "New model", "No_Treatment", "PCT_Naive", "PCT_KL", "PCT_LM (lm_weight=0.04)",
-        "ELODI (elodi_warmup=1)", "ELODI_topk (elodi_warmup=1)", "MPT_KL", "MPT_KL (b=1)", "MPT_KL (b=2)",
+        "ELODI (elodi_warmup=1)", "ELODI_topk (elodi_warmup=1, topk=1)", "MPT_KL", "MPT_KL (b=1)", "MPT_KL (b=2)",
         "MPT_LM (lm_weight=0.04)", "MPT_nodistillation", "MPT_KL_nobias", "MPT_LM_nobias (lm_weight=0.04)"}
     assert {r["runs"] for r in rows.values()} == {"1"}
     assert len(list((out / "ensemble").glob("ckpt_*.pth"))) == 8

@@ -3,7 +3,7 @@
 # ResNet-18 from scratch, 5 epochs for every model, the official hyperparameters otherwise.
 #   tools/cpu_reproduction.sh DATA_ROOT [OUT]
 # About 7 hours on 2 idle CPU cores, from the runs measured: 5 minutes a No_Treatment run or an
-# ensemble member, 8 an MPT run, 16 an ELODI run (8 teachers a step after its first epoch); twice
+# ensemble member, 8 an MPT run, 14 an ELODI run (8 teachers a step after its first epoch); twice
 # that on a loaded machine.
 # DATA_ROOT: CIFAR-10 in torchvision's format or as train/<class>/* + test/<class>/* folders.
 # OUT (default results/cpu_cifar10/table1) receives, under relative paths as given:

@@ -1,4 +1,4 @@
-"""The README's two reproduction scripts end to end on the tiny data set (one epoch per model)."""
+"""The reproduction scripts of tools/ end to end on the tiny data set (one epoch per model)."""
 import csv
 import json
 import subprocess
@@ -57,3 +57,14 @@ def test_data_growth_trains_pct_at_its_published_setting_beside_the_mpt_code_s(t
     assert ((config["tau"], config["tau_squared"], config["distill_mix"], config["epochs"], config["lr"])
             == (100.0, True, 0.9, 1, 0.01))
     assert (out / "flips" / "flips.json").is_file()
+
+
+def test_figure3_trains_the_2d_models_and_draws_their_embeddings(tiny_data, tmp_path):
+    out = tmp_path / "fig3"
+    run_bash_script("figure3_cpu.sh", tiny_data, out, EPOCHS="1")
+    rows = {r["row"] for r in csv.DictReader((out / "tables.csv").open()) if r["split"] == "test"}
+    assert rows == {"Old model", "New model", "No_Treatment", "MPT_KL", "MPT_KL (b=1)"}
+    for run in ("old", "new", "No_Treatment", "MPT_KL-b1", "MPT_KL"):
+        config = json.loads((out / run / "results.json").read_text())["config"]
+        assert (config["embed_dim"], config["epochs"]) == (2, 1)
+    assert_figure(out / "embeddings.png")

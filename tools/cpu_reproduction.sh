@@ -31,18 +31,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source tools/jobs.sh
-export OMP_WAIT_POLICY=PASSIVE   # spinning OpenMP threads slow a shared CPU down
-PY=${PYTHON:-python}
-export PYTHON=$PY
+cpu_study
 DATA=$1
 OUT=${2:-results/cpu_cifar10/table1}
 read -ra seeds <<< "${SEEDS:-42 43 44}"
 C=(--dataset cifar10 --data-root "$DATA" --epochs "${EPOCHS:-5}" --device cpu --resume auto)
-failed=0
-
-train() {  # RUN_DIR SCRIPT [flags]: one run with the common flags (tools/jobs.sh)
-  logged_run "$1" "$2" "${C[@]}" "${@:3}"
-}
 
 train "$OUT/old" train_old_model.py --save "$OUT/ckpt_old.pth"
 train "$OUT/new" train_new_model.py --save "$OUT/ckpt_new.pth"

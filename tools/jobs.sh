@@ -47,6 +47,21 @@ logged_run() {
     fi
 }
 
+# cpu_study: the set-up of the CPU study scripts: PY, the interpreter (${PYTHON:-python}, exported
+# as PYTHON for the helpers here), OpenMP threads that wait without spinning (spinning threads slow
+# a shared CPU down) and failed=0 (logged_run sets it to 1).
+cpu_study() {
+    export OMP_WAIT_POLICY=PASSIVE
+    PY=${PYTHON:-python}
+    export PYTHON=$PY
+    failed=0
+}
+
+# train RUN_DIR SCRIPT [FLAGS ...]: logged_run with the calling script's common flags, its array C.
+train() {
+    logged_run "$1" "$2" "${C[@]}" "${@:3}"
+}
+
 # run_jobs N FUNCTION: call FUNCTION 0, ..., FUNCTION N-1, one after another; with GPUS="0 1 2 3"
 # in the environment, one worker per listed GPU runs in parallel with the others, worker g doing
 # jobs g, g + #GPUS, ... (round robin) with CUDA_VISIBLE_DEVICES set to its GPU. A failed job

@@ -175,8 +175,9 @@ def plot_flip_split(entries: list[dict], colours: dict, out: Path):
 
 
 def plot_margins(entries: list[dict], runs: list[dict], colours: dict, out: Path):
-    """Histograms of the old-class samples' margins: the old model's once per old model, each
-    run's as a line."""
+    """Histograms of the old-class samples' margins: the old model's once per old model, and each
+    group's as a line (a group of several seeds: the mean count per bin over its runs, so that a
+    study of many runs stays readable)."""
     plt = pyplot()
     shown = [(e, r) for e, r in zip(entries, runs) if r["margin"] is not None]
     olds = {}
@@ -193,14 +194,18 @@ def plot_margins(entries: list[dict], runs: list[dict], colours: dict, out: Path
     for k, g in enumerate(olds.values()):
         ax.hist(np.clip(g, low, high), bins=bins, histtype="stepfilled", color="grey", alpha=0.35,
                 label="old model" if len(olds) == 1 else f"old model {k + 1}")
-    styles = ["-", "--", ":", "-."]
-    seen = {}
+    groups = {}
     for e, r in shown:
-        k = seen[e["group"]] = seen.get(e["group"], -1) + 1  # the seeds of a group: one colour, own dashes
-        share = e["margin"]["share_below_zero_of_old_correct"]
-        ax.hist(np.clip(r["margin"], low, high), bins=bins, histtype="step", lw=1.4, color=colours[e["group"]],
-                linestyle=styles[k % len(styles)],
-                label=f"{e['label']} ({_num(share, 1)}% of the old model's correct < 0)")
+        groups.setdefault(e["group"], []).append((e, r))
+    for group, members in groups.items():
+        counts = np.mean([np.histogram(np.clip(r["margin"], low, high), bins=bins)[0] for _, r in members], axis=0)
+        shares = [e["margin"]["share_below_zero_of_old_correct"] for e, _ in members]
+        shares = [x for x in shares if x is not None]
+        name = members[0][0]["label"] if len(members) == 1 else f"{group} (mean of {len(members)} runs)"
+        mean = float(np.mean(shares)) if shares else None
+        spread = f" ± {_num(float(np.std(shares, ddof=1)), 1)}" if len(shares) > 1 else ""
+        label = f"{name}: {_num(mean, 1)}{spread}% of the old model's correct < 0"
+        ax.stairs(counts, bins, lw=1.4, color=colours[group], label=label)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("margin z_y - max_{j != y} z_j (old-class test samples; tails in the edge bins)")
     ax.set_ylabel("samples")

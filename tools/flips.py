@@ -47,7 +47,8 @@ no seed). Written to DIR:
     figures      per_class_nfr.png (per group, mean and sd over seeds); up to 30 classes one flip
                  matrix per run, flip_matrix_<label>.png, all on one colour scale, above that
                  top_confusions.png; flip_split.png (old -> old versus old -> new flips per run);
-                 margins.png where margins were saved; nfr_vs_b.png where groups of one method
+                 margins.png where margins were saved (a line per group: its seeds' mean count
+                 per bin); nfr_vs_b.png where groups of one method
                  differ only in b (a group of one run drawn without an error bar; a _nobias
                  ablation is its method at b = 0);
                  flipped_samples.png with --data-root (test images that flip, stratified over the

@@ -283,6 +283,36 @@ def test_margins_from_saved_logits(tmp_path):
     assert_figure(tmp_path / "out" / "margins.png", 200, 150)
 
 
+
+def test_margins_png_draws_a_group_of_seeds_as_one_line_of_their_mean_counts(tmp_path, monkeypatch):
+    from matplotlib.patches import StepPatch
+
+    from tools import flip_figures
+
+    figures = []
+    real_save = flip_figures._save
+    monkeypatch.setattr(flip_figures, "_save", lambda fig, out: (figures.append((out.name, fig)), real_save(fig, out)))
+    n = len(TARGETS)
+    runs = []
+    for seed, size in ((1, 2.0), (2, 1.0)):   # margins +-2 at one seed, +-1 at the other
+        logits = np.zeros((n, 4), np.float16)
+        logits[np.arange(n), PRED] = size
+        run = write_run(tmp_path / f"seed{seed}", npz={"logits": logits})
+        results = json.loads((run / "results.json").read_text())
+        results["config"]["seed"] = seed
+        (run / "results.json").write_text(json.dumps(results))
+        runs.append(run)
+    flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "20"])
+    ax = dict(figures)["margins.png"].axes[0]
+    (line,) = [p for p in ax.patches if isinstance(p, StepPatch)]
+    data = line.get_data()
+    counts, edges = data.values, data.edges
+    margins_by_seed = [[2.0 if PRED[i] == t else -2.0 for i, t in enumerate(TARGETS) if t < 2],
+                       [1.0 if PRED[i] == t else -1.0 for i, t in enumerate(TARGETS) if t < 2]]
+    expected = np.mean([np.histogram(np.clip(m, edges[0], edges[-1]), bins=edges)[0] for m in margins_by_seed], axis=0)
+    np.testing.assert_allclose(counts, expected)
+    assert "(mean of 2 runs)" in line.get_label()
+
 @pytest.mark.parametrize("results_num_old, arrays, classes, old_fraction, expected", [
     (3, {"num_old": np.int64(1)}, None, None, 3),                      # results.json first
     (None, {"num_old": np.int64(1)}, None, None, 1),                   # then the predictions'

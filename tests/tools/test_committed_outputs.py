@@ -21,10 +21,11 @@ RESULTS = Path("results/cpu_cifar10")
 TABLE1 = RESULTS / "table1"
 # (committed folder, the command that wrote it, less its --out)
 TABLES = {
-    # tools/cpu_reproduction.sh's and tools/data_growth_cpu.sh's own commands
+    # tools/cpu_reproduction.sh's, tools/data_growth_cpu.sh's and tools/figure3_cpu.sh's own commands
     "table1": [str(TABLE1 / "old"), str(TABLE1 / "new"), str(TABLE1 / "update"), "--ci"],
     "data_growth": ["results/cpu_cifar10/data_growth/old", "results/cpu_cifar10/data_growth/new",
                     "results/cpu_cifar10/data_growth/update", "--ci"],
+    "fig3_runs": ["results/cpu_cifar10/fig3_runs"],
 }
 NOT_COMMITTED = {"flips.csv"}
 

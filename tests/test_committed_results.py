@@ -44,7 +44,7 @@ def test_an_update_recounts_to_its_metrics_from_its_predictions(record):
 
 def study(record: Path) -> Path:
     """The study folder a record belongs to: results/cpu_cifar10/STUDY."""
-    return RESULTS / record.relative_to(RESULTS).parts[0] / record.relative_to(RESULTS).parts[1]
+    return RESULTS.joinpath(*record.relative_to(RESULTS).parts[:2])
 
 
 @pytest.mark.parametrize("record", RECORDS, ids=lambda p: str(p.relative_to(RESULTS)))

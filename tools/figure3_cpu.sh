@@ -3,7 +3,8 @@
 # space before the classifier (configs/cifar10_embed2.yaml), torchvision ResNet-18 from scratch,
 # 5 epochs for every model, seed 42.
 #   tools/figure3_cpu.sh DATA_ROOT [OUT]      (OUT default results/cpu_cifar10/fig3_runs)
-# About 35 minutes on 2 idle CPU cores. DATA_ROOT: CIFAR-10 in torchvision's format or as
+# About 50 minutes on a 2-core CPU (measured, log.jsonl: 4 the old model, 11 the new, 11-15 an
+# update, with tests running beside two of them). DATA_ROOT: CIFAR-10 in torchvision's format or as
 # train/<class>/* + test/<class>/* folders. Trains the runs old, new, No_Treatment, MPT_KL-b1 and
 # MPT_KL (b = 4) into OUT (checkpoints OUT/ckpt_old.pth, OUT/ckpt_new.pth, RUN/checkpoint.pth),
 # then writes OUT/tables.md and OUT/embeddings.png (one panel per model, 4000 test images each).

@@ -35,12 +35,12 @@ CLASSES = ["cat", "dog", "car", "ship"]
 
 def write_run(folder, targets=TARGETS, old_pred=OLD_PRED, pred=PRED, role="update", method="MPT_KL",
               num_old=2, classes=CLASSES, dataset="cifar10", old_fraction=None, npz=None, record=None,
-              code=None):
+              code=None, seed=0):
     """A run folder as main.py writes it: results.json (metrics from flip_metrics) and
     predictions.npz; ``num_old=None`` / ``classes=None`` leave them out, ``npz`` adds arrays,
     ``record`` is results.json's "method" record and ``code`` its "code" (both absent without)."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"method": method, "dataset": dataset, "old_ckpt": "old.pth", "seed": 0, "b": 4.0}
+    config = {"method": method, "dataset": dataset, "old_ckpt": "old.pth", "seed": seed, "b": 4.0}
     if old_fraction is not None:
         config["old_fraction"] = old_fraction
     results = {"role": role, "checkpoint": str(folder / "checkpoint.pth"), "config": config}
@@ -59,6 +59,22 @@ def write_run(folder, targets=TARGETS, old_pred=OLD_PRED, pred=PRED, role="updat
         np.savez(folder / "predictions.npz", targets=np.asarray(targets, np.int64),
                  old_pred=np.asarray(old_pred, np.int64), pred=np.asarray(pred, np.int64), **(npz or {}))
     return folder
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> dict:
+    """The figures tools.flips draws, by file name, kept open for a test to read (still saved)."""
+    from tools import flip_figures
+
+    figures = {}
+    real_save = flip_figures._save
+
+    def save(fig, out):
+        figures[out.name] = fig
+        real_save(fig, out)
+
+    monkeypatch.setattr(flip_figures, "_save", save)
+    return figures
 
 
 def strict_json(path):
@@ -283,27 +299,17 @@ def test_margins_from_saved_logits(tmp_path):
     assert_figure(tmp_path / "out" / "margins.png", 200, 150)
 
 
-
-def test_margins_png_draws_a_group_of_seeds_as_one_line_of_their_mean_counts(tmp_path, monkeypatch):
+def test_margins_png_draws_a_group_of_seeds_as_one_line_of_their_mean_counts(tmp_path, saved_figures):
     from matplotlib.patches import StepPatch
 
-    from tools import flip_figures
-
-    figures = []
-    real_save = flip_figures._save
-    monkeypatch.setattr(flip_figures, "_save", lambda fig, out: (figures.append((out.name, fig)), real_save(fig, out)))
     n = len(TARGETS)
     runs = []
     for seed, size in ((1, 2.0), (2, 1.0)):   # margins +-2 at one seed, +-1 at the other
         logits = np.zeros((n, 4), np.float16)
         logits[np.arange(n), PRED] = size
-        run = write_run(tmp_path / f"seed{seed}", npz={"logits": logits})
-        results = json.loads((run / "results.json").read_text())
-        results["config"]["seed"] = seed
-        (run / "results.json").write_text(json.dumps(results))
-        runs.append(run)
+        runs.append(write_run(tmp_path / f"seed{seed}", npz={"logits": logits}, seed=seed))
     flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "20"])
-    ax = dict(figures)["margins.png"].axes[0]
+    ax = saved_figures["margins.png"].axes[0]
     (line,) = [p for p in ax.patches if isinstance(p, StepPatch)]
     data = line.get_data()
     counts, edges = data.values, data.edges
@@ -312,6 +318,7 @@ def test_margins_png_draws_a_group_of_seeds_as_one_line_of_their_mean_counts(tmp
     expected = np.mean([np.histogram(np.clip(m, edges[0], edges[-1]), bins=edges)[0] for m in margins_by_seed], axis=0)
     np.testing.assert_allclose(counts, expected)
     assert "(mean of 2 runs)" in line.get_label()
+
 
 @pytest.mark.parametrize("results_num_old, arrays, classes, old_fraction, expected", [
     (3, {"num_old": np.int64(1)}, None, None, 3),                      # results.json first
@@ -890,17 +897,12 @@ def test_a_folder_without_predictions_or_results_is_one_line(tmp_path, capsys):
     assert "results.json or predictions.npz" in proc.stderr
 
 
-def test_nfr_vs_b_draws_no_error_bar_for_one_run(tmp_path, monkeypatch):
+def test_nfr_vs_b_draws_no_error_bar_for_one_run(tmp_path, saved_figures):
     from matplotlib.container import ErrorbarContainer
 
-    from tools import flip_figures
-
-    figures = []
-    real_save = flip_figures._save
-    monkeypatch.setattr(flip_figures, "_save", lambda fig, out: (figures.append((out.name, fig)), real_save(fig, out)))
     runs = write_study(tmp_path / "runs")[:4]      # b = 2: 3 runs; b = 4: 1 run
     flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "20"])
-    fig = dict(figures)["nfr_vs_b.png"]
+    fig = saved_figures["nfr_vs_b.png"]
     nfr_ax = fig.axes[0]
     bars = [c for c in nfr_ax.containers if isinstance(c, ErrorbarContainer)]
     assert len(bars) == 1
@@ -910,29 +912,23 @@ def test_nfr_vs_b_draws_no_error_bar_for_one_run(tmp_path, monkeypatch):
     assert list(line.get_xdata()) == [2.0, 4.0]               # both points drawn
 
 
-def test_nfr_vs_b_puts_the_nobias_ablation_at_b_0(tmp_path, monkeypatch):
+def test_nfr_vs_b_puts_the_nobias_ablation_at_b_0(tmp_path, saved_figures):
     """A _nobias group is its method's point at b = 0: on MPT_KL's curve, its group's b is 0."""
-    from tools import flip_figures
-
-    figures = []
-    real_save = flip_figures._save
-    monkeypatch.setattr(flip_figures, "_save", lambda fig, out: (figures.append((out.name, fig)), real_save(fig, out)))
     runs = write_study(tmp_path / "runs")[:5]      # MPT_KL at b = 2 (3 runs) and b = 4 (2 runs)
     for seed, flipped in ((1, {0: 3, 1: 3, 2: 4}), (2, {0: 3, 1: 4})):
         pred = list(STUDY_TARGETS)
         for sample, to in flipped.items():
             pred[sample] = to
         run = write_run(tmp_path / "runs" / f"nobias-{seed}", targets=STUDY_TARGETS, old_pred=STUDY_OLD,
-                        pred=pred, method="MPT_KL_nobias", num_old=3, classes=list("abcdef"))
+                        pred=pred, method="MPT_KL_nobias", num_old=3, classes=list("abcdef"), seed=seed)
         results = json.loads((run / "results.json").read_text())
         del results["config"]["b"]
-        results["config"]["seed"] = seed
         (run / "results.json").write_text(json.dumps(results))
         runs.append(run)
     report = flips.main([*map(str, runs), "--out", str(tmp_path / "out"), "--resamples", "20"])
     groups = {g["label"]: g for g in report["groups"]}
     assert groups["MPT_KL_nobias"]["b"] == 0.0 and groups["MPT_KL_nobias"]["curve"] == "MPT_KL"
-    line = dict(figures)["nfr_vs_b.png"].axes[0].get_lines()[0]
+    line = saved_figures["nfr_vs_b.png"].axes[0].get_lines()[0]
     assert list(line.get_xdata()) == [0.0, 2.0, 4.0]
     # NFR over the 8 old-class samples the old model gets right of 9: 3 and 2 flips at b = 0
     assert line.get_ydata()[0] == pytest.approx(100 * 2.5 / 9)
